@@ -1,0 +1,340 @@
+"""Preference pairs: loading, transcript splitting, cleaning, seeded sampling, evaluation split.
+
+Two layouts are accepted:
+
+* rm-static: ``prompt`` (ending in ``Assistant:``), ``chosen`` and ``rejected`` replies;
+* HH transcripts: ``chosen`` and ``rejected`` whole conversations, split here at their longest
+  common prefix that ends in ``\\n\\nAssistant:``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from study.config import DataConfig
+from study.prompts import ASSISTANT, HUMAN
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json", ".jsonl.gz", ".json.gz")
+LAYOUTS = (
+    "rm-static layout: columns prompt, chosen, rejected (replies only)",
+    "HH transcript layout: columns chosen, rejected (whole conversations)",
+)
+DROP_REASONS = ("non_string", "no_assistant_turn", "empty_reply", "equal_replies")
+
+
+class DataError(ValueError):
+    """Input data that the study cannot use, with the place and the fix in the message."""
+
+
+@dataclass
+class Pairs:
+    """Cleaned preference pairs and what cleaning removed."""
+
+    frame: pd.DataFrame  # pair_id, subset, kind, prompt, chosen, rejected
+    n_raw: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    fingerprint: str = ""
+
+
+# -- transcripts ------------------------------------------------------------------------------
+
+
+def split_transcript(text: str) -> tuple[str, str] | None:
+    """Split one transcript at its LAST ``\\n\\nAssistant:``; None if it has no such turn."""
+    if not isinstance(text, str):
+        return None
+    idx = text.rfind(ASSISTANT)
+    if idx < 0:
+        return None
+    cut = idx + len(ASSISTANT)
+    return text[:cut], text[cut:]
+
+
+def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """Split two transcripts at their longest common prefix ending in ``\\n\\nAssistant:``.
+
+    Returns (prompt, chosen reply, rejected reply), or None when the transcripts share no
+    assistant turn.
+    """
+    common = os.path.commonprefix([chosen, rejected])
+    idx = common.rfind(ASSISTANT)
+    if idx < 0:
+        return None
+    cut = idx + len(ASSISTANT)
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def first_human_turn(prompt: str) -> str:
+    """The opening question of a transcript, used to keep repeated questions on one side."""
+    start = prompt.find(HUMAN)
+    body = prompt[start + len(HUMAN) :] if start >= 0 else prompt
+    end = body.find(ASSISTANT)
+    return (body[:end] if end >= 0 else body).strip().lower()
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _data_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.name.endswith(DATA_SUFFIXES))
+    if not files:
+        raise DataError(
+            f"data.source={str(path)!r} is a folder with no data files; expected files ending in "
+            f"{', '.join(DATA_SUFFIXES)}."
+        )
+    return files
+
+
+def _subset_name(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(DATA_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _find_bad_json_line(path: Path) -> str:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as err:
+                        return f"line {lineno}: {err.msg} (column {err.colno})"
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte {err.start}); re-save the file as UTF-8"
+    return "could not be parsed as JSON Lines or a JSON array of objects"
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    import datasets
+
+    kind = "parquet" if path.name.endswith(".parquet") else "json"
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as err:  # the datasets library wraps parse errors in several types
+        if kind == "json":
+            raise DataError(
+                f"{path}: {_find_bad_json_line(path)}. Each line must be one JSON object with "
+                "string fields."
+            ) from err
+        raise DataError(f"{path}: cannot be read as parquet ({err}).") from err
+    return ds.to_pandas()
+
+
+def _read_hub(source: str, split: str) -> pd.DataFrame:
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, split=split).to_pandas()
+    except Exception as err:
+        raise DataError(
+            f"data.source={source!r} is not a local file or folder and could not be loaded from "
+            f"the Hugging Face hub ({type(err).__name__}). Offline, point the study at local "
+            "data: --dataset PATH or STUDY_DATASET=PATH (a parquet/jsonl/json file or a folder "
+            "of them), e.g. STUDY_DATASET=../shared/data/hh-rlhf."
+        ) from err
+
+
+def load_raw(source: str, split: str = "train") -> pd.DataFrame:
+    """Load raw rows from a hub id, a file or a folder of files, with a ``subset`` column."""
+    if source == "synthetic":
+        return synthetic_pairs(64)
+    path = Path(source).expanduser()
+    if path.exists():
+        frames = []
+        for file in _data_files(path):
+            frame = _read_file(file)
+            frame.insert(0, "subset", _subset_name(file))
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+    frame = _read_hub(source, split)
+    frame.insert(0, "subset", f"{source.split('/')[-1]}-{split}")
+    return frame
+
+
+def to_pairs_frame(raw: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Bring either layout to (pair_id, subset, kind, prompt, chosen, rejected) and clean it.
+
+    Rows that cannot be used are dropped and counted by reason (``DROP_REASONS``).
+    """
+    columns = set(raw.columns)
+    if not {"chosen", "rejected"} <= columns:
+        raise DataError(
+            f"{origin}: missing columns {sorted({'chosen', 'rejected'} - columns)}; found "
+            f"{sorted(columns - {'subset'})}. Accepted layouts: {'; '.join(LAYOUTS)}."
+        )
+    has_prompt = "prompt" in columns
+    subsets = raw["subset"] if "subset" in columns else pd.Series(["data"] * len(raw))
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    rows, counters = [], {}
+    for subset, prompt, chosen, rejected in zip(
+        subsets,
+        raw["prompt"] if has_prompt else [None] * len(raw),
+        raw["chosen"],
+        raw["rejected"],
+    ):
+        counters[subset] = counters.get(subset, -1) + 1
+        row_no = counters[subset]
+        texts = (prompt, chosen, rejected) if has_prompt else (chosen, rejected)
+        if not all(isinstance(t, str) for t in texts):
+            dropped["non_string"] += 1
+            continue
+        if has_prompt:
+            if ASSISTANT.strip() not in prompt:
+                dropped["no_assistant_turn"] += 1
+                continue
+            reply_c, reply_r = chosen, rejected
+        else:
+            split = split_pair(chosen, rejected)
+            if split is None:
+                dropped["no_assistant_turn"] += 1
+                continue
+            prompt, reply_c, reply_r = split
+        if not reply_c.strip() or not reply_r.strip():
+            dropped["empty_reply"] += 1
+            continue
+        if reply_c.strip() == reply_r.strip():
+            dropped["equal_replies"] += 1
+            continue
+        kind = "harmless" if "harmless" in str(subset) else "helpful"
+        rows.append((f"{subset}-{row_no:05d}", subset, kind, prompt, reply_c, reply_r))
+    frame = pd.DataFrame(
+        rows, columns=["pair_id", "subset", "kind", "prompt", "chosen", "rejected"]
+    )
+    return frame, dropped
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of pairs, independent of how they were loaded."""
+    h = hashlib.sha256()
+    for row in frame[["prompt", "chosen", "rejected"]].itertuples(index=False):
+        for text in row:
+            h.update(text.encode("utf-8"))
+            h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def load_pairs(source: str, split: str = "train") -> Pairs:
+    """Load and clean preference pairs from any accepted source and layout."""
+    raw = load_raw(source, split)
+    frame, dropped = to_pairs_frame(raw, source)
+    for reason, n in dropped.items():
+        if n:
+            log.warning("dropped %d pairs from %s: %s", n, source, reason)
+    if frame.empty:
+        raise DataError(
+            f"data.source={source!r}: no usable pairs after cleaning ({len(raw)} rows read, "
+            f"dropped {dropped}). Check that replies are non-empty strings that differ."
+        )
+    return Pairs(frame, len(raw), dropped, source, fingerprint(frame))
+
+
+# -- sampling and splits ----------------------------------------------------------------------
+
+
+def seeded_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """The rows ``frame.sample(n=n, random_state=seed)`` selects, in that order.
+
+    ``DataFrame.sample`` without replacement takes a prefix of a seeded permutation, so this
+    equals pandas' own call on the same frame, in any process and with any hash seed.
+    """
+    if n > len(frame):
+        raise DataError(
+            f"data.sample_size={n} but only {len(frame)} valid training pairs are available; "
+            "lower data.sample_size or add data."
+        )
+    order = np.random.RandomState(seed).permutation(len(frame))[:n]
+    return frame.iloc[order]
+
+
+def _on_heldout_side(question: str, fraction: float) -> bool:
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+@dataclass
+class StudyData:
+    """Training pairs and the disjoint evaluation pairs."""
+
+    train: pd.DataFrame
+    eval: pd.DataFrame
+    summary: dict
+
+
+def prepare(cfg: DataConfig) -> StudyData:
+    """Load, clean, split and sample according to ``cfg``.
+
+    With an evaluation split (a hub dataset's ``test``), it is used as is. Otherwise the rows are
+    divided by a hash of their opening question, so repeated questions fall on one side and the
+    division does not depend on row order or process.
+    """
+    pool = load_pairs(cfg.source, cfg.train_split)
+    summary = {
+        "source": cfg.source,
+        "n_raw": pool.n_raw,
+        "dropped": pool.dropped,
+        "n_clean": len(pool.frame),
+        "fingerprint": pool.fingerprint,
+    }
+    is_local = cfg.source == "synthetic" or Path(cfg.source).expanduser().exists()
+    if cfg.eval_split and not is_local:
+        held = load_pairs(cfg.source, cfg.eval_split)
+        train_pool, eval_frame = pool.frame, held.frame
+        summary["eval_dropped"] = held.dropped
+        summary["eval_fingerprint"] = held.fingerprint
+    else:
+        questions = pool.frame["prompt"].map(first_human_turn)
+        side = questions.map(lambda q: _on_heldout_side(q, cfg.heldout_fraction))
+        train_pool, eval_frame = pool.frame[~side], pool.frame[side]
+    train = seeded_sample(train_pool.reset_index(drop=True), cfg.sample_size, cfg.sample_seed)
+    # Prompts seen in training never serve as evaluation prompts.
+    overlap = eval_frame["prompt"].isin(set(train["prompt"]))
+    eval_frame = eval_frame[~overlap].reset_index(drop=True)
+    summary.update(
+        n_train_pool=len(train_pool),
+        n_train=len(train),
+        n_eval=len(eval_frame),
+        n_eval_dropped_overlap=int(overlap.sum()),
+        train_kinds=train["kind"].value_counts().to_dict(),
+        eval_kinds=eval_frame["kind"].value_counts().to_dict(),
+    )
+    return StudyData(train.reset_index(drop=True), eval_frame, summary)
+
+
+# -- synthetic rows for the smoke profile and tests --------------------------------------------
+
+_TOPICS = ["tea", "rain", "music", "books", "sleep", "work", "cats", "bread", "trains", "maps"]
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> pd.DataFrame:
+    """HH-layout transcripts with a polite chosen and a curt rejected reply (no downloads)."""
+    rng = np.random.RandomState(seed)
+    rows = []
+    for i in range(n):
+        topic = _TOPICS[rng.randint(len(_TOPICS))]
+        prompt = f"{HUMAN} Tell me about {topic} number {i}.{ASSISTANT}"
+        if i % 3 == 0:  # a few multi-turn conversations
+            prompt = f"{HUMAN} Hi.{ASSISTANT} Hello, how can I help?{prompt}"
+        subset = "harmless-synthetic" if i % 4 == 0 else "helpful-synthetic"
+        chosen = f" Happy to help: {topic} is lovely and {math.floor(i * 1.5)} facts exist."
+        rejected = f" No. I hate {topic}."
+        rows.append((subset, prompt + chosen, prompt + rejected))
+    return pd.DataFrame(rows, columns=["subset", "chosen", "rejected"])

@@ -1,0 +1,333 @@
+"""The study from data to scored replies: prepare, label, train, generate, score.
+
+Each stage reads and writes the store, keyed by the configuration that determines it, so a rerun
+with an unchanged configuration reuses everything and a changed field recomputes only what
+depends on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from study import data as data_mod
+from study import generation, labeler, models, prompts, scoring
+from study.config import StudyConfig, config_hash, to_dict
+from study.store import build_dir, cached_json, read_json, write_json
+from study.training import SFT_REPLY, load_arm, train_dpo, train_sft
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timer:
+    """Wall time per stage, in the order the stages ran."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - started, 2)
+
+
+@dataclass
+class Context:
+    """What every stage needs: config, store, base model, device and precision."""
+
+    cfg: StudyConfig
+    store: Path
+    base: Path
+    device: str
+    precision: str
+    timer: Timer
+
+    def autocast(self):
+        return models.autocast(self.device, self.precision)
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def _data_key(cfg: StudyConfig, fingerprint: str) -> dict:
+    return {"data": to_dict(cfg.data), "fingerprint": fingerprint}
+
+
+def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
+    """Hash of exactly what determines an arm's weights."""
+    parts = {
+        "arm": arm,
+        "base": ctx.cfg.model.base,
+        "base_weights": base_hash,
+        **_data_key(ctx.cfg, fingerprint),
+        "train": to_dict(ctx.cfg.train),
+    }
+    if arm.startswith("dpo"):
+        parts["dpo"] = to_dict(ctx.cfg.dpo)
+    if arm == "dpo-ai":
+        parts["labeler"] = to_dict(ctx.cfg.labeler)
+    return config_hash(parts)
+
+
+# -- stages ---------------------------------------------------------------------------------
+
+
+def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
+    """AI labels for the training pairs and a held-out set, cached per labeler configuration."""
+    cfg = ctx.cfg
+    n_held = min(cfg.labeler.heldout_pairs, len(data.eval))
+    held = data.eval.sample(n=n_held, random_state=cfg.data.sample_seed)
+    key = config_hash(
+        {
+            "labeler": to_dict(cfg.labeler),
+            "labeler_model": cfg.labeler.model or cfg.model.base,
+            "base_weights": base_hash,
+            **_data_key(cfg, data.summary["fingerprint"]),
+        }
+    )
+    path = ctx.store / "labels" / f"{key}.json"
+
+    def compute():
+        spec = cfg.labeler.model
+        judge_path = models.resolve_model(spec, ctx.store) if spec else ctx.base
+        judge = models.load_model(judge_path).to(ctx.device)
+        tok = models.load_tokenizer(judge_path)
+        out = {}
+        for name, frame in (("train", data.train), ("heldout", held)):
+            labels = labeler.label_pairs(judge, tok, frame, cfg.labeler, ctx.autocast())
+            out[name] = labels.assign(
+                is_position_bias=labels["is_position_bias"].astype(bool)
+            ).to_dict(orient="list")
+        return out
+
+    with ctx.timer.stage("label"):
+        labels, _ = cached_json(path, compute)
+    return labels
+
+
+def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labels) -> dict:
+    """Train one arm into the store unless an arm with the same key is already there."""
+    final = ctx.store / "arms" / f"{arm}-{key}"
+
+    def build(tmp: Path):
+        log.info("training %s into %s", arm, final.name)
+        if arm in SFT_REPLY:
+            summary = train_sft(arm, ctx.base, data.train, ctx.cfg, tmp)
+        else:
+            prefer = None
+            if arm == "dpo-ai":
+                prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
+            summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer)
+        summary.update(arm=arm, key=key, config=to_dict(ctx.cfg))
+        write_json(tmp / "study_arm.json", summary)
+        for leftover in tmp.glob("trainer"):
+            import shutil
+
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    with ctx.timer.stage(f"train/{arm}"):
+        path, is_new = build_dir(final, build)
+    summary = read_json(path / "study_arm.json")
+    summary["is_cached"] = not is_new
+    summary["path"] = str(path)
+    return summary
+
+
+def eval_prompts(ctx: Context, data: data_mod.StudyData, tokenizer) -> list[prompts.Prompt]:
+    """Every evaluation prompt of the configured sets."""
+    cfg = ctx.cfg.eval
+    out: list[prompts.Prompt] = []
+    if "q1" in cfg.prompt_sets:
+        out += prompts.q1_prompts()
+    if "scenarios" in cfg.prompt_sets:
+        out += prompts.scenario_prompts(cfg.scenarios_per_scenario)
+    if "heldout" in cfg.prompt_sets:
+        lengths = data.eval["prompt"].map(
+            lambda p: len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        )
+        fits = data.eval[lengths <= cfg.heldout_max_prompt_tokens]
+        out += prompts.heldout_prompts(fits, cfg.n_heldout, ctx.cfg.seed)
+    return out
+
+
+def decoding_name(p: prompts.Prompt) -> str:
+    """Scenario prompts use the notebook's Q2 settings, every other set its Q1 settings."""
+    return "q2" if p.prompt_set == "scenarios" else "q1"
+
+
+def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]) -> pd.DataFrame:
+    """Sampled (k per prompt) and greedy replies of one arm, scored, cached per configuration."""
+    cfg = ctx.cfg
+    gen_key = config_hash(
+        {
+            "arm_key": key,
+            "eval": to_dict(cfg.eval),
+            "seed": cfg.seed,
+            "prompts": [(p.id, p.text) for p in plist],
+        }
+    )
+    path = ctx.store / "generations" / f"{arm}-{gen_key}.json"
+
+    def compute():
+        if arm == "base":
+            model = models.load_model(ctx.base)
+        else:
+            model = load_arm(ctx.store / "arms" / f"{arm}-{key}", ctx.base)
+        model.to(ctx.device)
+        tok = models.load_tokenizer(ctx.base)
+        rows = []
+        for name in ("q1", "q2"):
+            chosen = [p for p in plist if decoding_name(p) == name]
+            if not chosen:
+                continue
+            decoding = getattr(cfg.eval, name)
+            reqs = [
+                generation.Request(p.id, p.text, s, generation.sample_seed(cfg.seed, arm, p.id, s))
+                for p in chosen
+                for s in range(cfg.eval.samples_per_prompt)
+            ]
+            got = generation.generate(
+                model,
+                tok,
+                reqs,
+                decoding,
+                batch_size=cfg.eval.batch_size,
+                autocast=ctx.autocast(),
+                desc=f"{arm} sample {name}",
+            )
+            rows += [
+                {"prompt_id": r.prompt_id, "sample": r.sample, "decoding": "sampled", **g}
+                for r, g in zip(reqs, got)
+            ]
+            greedy = [p for p in chosen if p.prompt_set in cfg.eval.greedy_sets]
+            if greedy:
+                reqs = [generation.Request(p.id, p.text, 0, 0) for p in greedy]
+                got = generation.generate(
+                    model,
+                    tok,
+                    reqs,
+                    decoding,
+                    greedy=True,
+                    batch_size=cfg.eval.batch_size,
+                    autocast=ctx.autocast(),
+                    desc=f"{arm} greedy {name}",
+                )
+                rows += [
+                    {"prompt_id": r.prompt_id, "sample": 0, "decoding": "greedy", **g}
+                    for r, g in zip(reqs, got)
+                ]
+        return rows
+
+    with ctx.timer.stage(f"generate/{arm}"):
+        rows, _ = cached_json(path, compute)
+    frame = pd.DataFrame(rows)
+    with ctx.timer.stage("score"):
+        scores = scoring.score_replies(frame["reply"].tolist())
+    frame = pd.concat([frame.reset_index(drop=True), scores], axis=1)
+    meta = pd.DataFrame(
+        [(p.id, p.prompt_set, p.scenario, p.severity) for p in plist],
+        columns=["prompt_id", "prompt_set", "scenario", "severity"],
+    )
+    return frame.merge(meta, on="prompt_id", how="left").assign(arm=arm)
+
+
+# -- the whole study ---------------------------------------------------------------------------
+
+
+def provenance(ctx: Context, base_hash: str) -> dict:
+    """Where the results came from: code version, packages, hardware."""
+    import importlib.metadata as md
+
+    def git(*args):
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    packages = {}
+    for name in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "datasets",
+        "accelerate",
+        "scipy",
+        "statsmodels",
+        "vaderSentiment",
+        "textblob",
+        "alt-profanity-check",
+    ):
+        try:
+            packages[name] = md.version(name)
+        except md.PackageNotFoundError:
+            packages[name] = None
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "is_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "config_hash": config_hash(ctx.cfg),
+        "config": to_dict(ctx.cfg),
+        "base_model": ctx.cfg.model.base,
+        "base_weights_hash": base_hash,
+        "device": ctx.device,
+        "precision": ctx.precision,
+        "packages": packages,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
+    }
+
+
+def run_study(cfg: StudyConfig, store: Path | None = None) -> dict:
+    """Run (or reuse) every stage and return the raw material of the findings.
+
+    Returns a dict with ``replies`` (a DataFrame of every scored reply), ``labels``, ``arms``
+    (training summaries), ``data`` (cleaning counts), ``provenance`` and ``timings``.
+    """
+    timer = Timer()
+    store = Path(store) if store else models.store_root()
+    device = models.choose_device(cfg.model.device)
+    precision = models.choose_precision(device, cfg.model.precision)
+    with timer.stage("prepare"):
+        data = data_mod.prepare(cfg.data)
+        base = models.resolve_model(cfg.model.base, store)
+        base_hash = models.weights_hash(base)
+    ctx = Context(cfg, store, base, device, precision, timer)
+
+    labels = None
+    if "dpo-ai" in cfg.arms:
+        labels = label_stage(ctx, data, base_hash)
+
+    keys = {arm: arm_key(ctx, arm, data.summary["fingerprint"], base_hash) for arm in cfg.arms}
+    arms = {"base": {"arm": "base", "key": keys["base"], "n_steps": 0}}
+    for arm in cfg.arms:
+        if arm != "base":
+            arms[arm] = train_stage(ctx, arm, data, keys[arm], labels)
+
+    tok = models.load_tokenizer(base)
+    plist = eval_prompts(ctx, data, tok)
+    frames = [generate_stage(ctx, arm, keys[arm], plist) for arm in cfg.arms]
+    replies = pd.concat(frames, ignore_index=True)
+    return {
+        "replies": replies,
+        "labels": labels,
+        "arms": arms,
+        "data": data.summary,
+        "prompts": [p.__dict__ for p in plist],
+        "provenance": provenance(ctx, base_hash),
+        "timings": timer.stages,
+        "train_prompts": set(data.train["prompt"]),
+    }

@@ -1,0 +1,198 @@
+"""Training of the arms: SFT (transformers Trainer) and DPO (TRL), each from a fresh base copy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from study.config import StudyConfig
+from study.models import choose_device, choose_precision, load_model, load_tokenizer
+from study.preprocess import PadCollator, sft_example, truncate_prompt_text
+
+log = logging.getLogger(__name__)
+
+SFT_REPLY = {"sft-chosen": "chosen", "sft-rejected": "rejected"}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+GPT_NEO_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
+
+
+def _lora(model, cfg: StudyConfig):
+    """Wrap ``model`` in LoRA adapters the same way for every arm."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS + GPT_NEO_TARGETS if t in names]
+    n_layers = model.config.num_hidden_layers
+    top = cfg.train.lora_top_layers
+    layers = list(range(max(0, n_layers - top), n_layers)) if top else None
+    lora = LoraConfig(
+        r=cfg.train.lora_r,
+        lora_alpha=cfg.train.lora_alpha,
+        target_modules=targets,
+        layers_to_transform=layers,
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _common_args(cfg: StudyConfig, out: Path, learning_rate: float) -> dict:
+    device = choose_device(cfg.model.device)
+    precision = choose_precision(device, cfg.model.precision)
+    return dict(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.train.batch_size,
+        num_train_epochs=cfg.train.epochs,
+        learning_rate=learning_rate,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_ratio,  # a float below 1 is a ratio of all steps
+        logging_steps=cfg.train.logging_steps,
+        seed=cfg.train.seed,
+        data_seed=cfg.train.seed,
+        report_to="none",
+        save_strategy="no",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+
+def _summary(trainer, started: float, n_rows: int, n_tokens: int) -> dict:
+    history = [
+        {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+    ]
+    elapsed = time.perf_counter() - started
+    return {
+        "n_rows": n_rows,
+        "n_steps": trainer.state.global_step,
+        "n_tokens": n_tokens,
+        "seconds": round(elapsed, 2),
+        "tokens_per_second": round(n_tokens / elapsed, 1) if elapsed else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "curve": history,
+    }
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    """Save adapters when LoRA was used (small), else the whole model; safetensors either way."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def train_sft(arm: str, base: Path, rows: pd.DataFrame, cfg: StudyConfig, out: Path) -> dict:
+    """Supervised fine-tuning on prompt + the arm's reply column."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    reply_col = SFT_REPLY[arm]
+    tok = load_tokenizer(base)
+    examples = [
+        sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
+        for p, r in zip(rows["prompt"], rows[reply_col])
+    ]
+    n_tokens = sum(len(e["input_ids"]) for e in examples)
+    model = load_model(base)
+    if cfg.train.use_lora:
+        model = _lora(model, cfg)
+    model.train()
+    args = TrainingArguments(**_common_args(cfg, out / "trainer", cfg.train.learning_rate))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        data_collator=PadCollator(tok.pad_token_id),
+    )
+    started = time.perf_counter()
+    trainer.train()
+    summary = _summary(trainer, started, len(examples), int(n_tokens * cfg.train.epochs))
+    _save(trainer.model, tok, out)
+    return summary
+
+
+def preference_rows(
+    rows: pd.DataFrame, prefer_first: pd.Series | None, tokenizer, cfg: StudyConfig
+) -> list[dict]:
+    """DPO rows; ``prefer_first`` (AI labels) decides which reply is chosen, else the human label.
+
+    Prompts are cut from the left here so that the trainer's right truncation never removes a
+    reply.
+    """
+    budget = cfg.train.max_length - cfg.train.max_reply_tokens
+    out = []
+    for i, (p, c, r) in enumerate(zip(rows["prompt"], rows["chosen"], rows["rejected"])):
+        if prefer_first is not None and not bool(prefer_first.iloc[i]):
+            c, r = r, c
+        out.append(
+            {"prompt": truncate_prompt_text(tokenizer, p, budget), "chosen": c, "rejected": r}
+        )
+    return out
+
+
+def train_dpo(
+    arm: str,
+    base: Path,
+    rows: pd.DataFrame,
+    cfg: StudyConfig,
+    out: Path,
+    prefer_first: pd.Series | None = None,
+) -> dict:
+    """DPO from a fresh base copy; only the label direction differs between the DPO arms."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tok = load_tokenizer(base)
+    tok.padding_side = "right"
+    data = preference_rows(rows, prefer_first, tok, cfg)
+    n_tokens = sum(
+        len(tok(d["prompt"] + d["chosen"])["input_ids"])
+        + len(tok(d["prompt"] + d["rejected"])["input_ids"])
+        for d in data
+    )
+    model = load_model(base)
+    peft_config = None
+    if cfg.train.use_lora:
+        model = _lora(model, cfg)
+    model.train()
+    args = DPOConfig(
+        **_common_args(cfg, out / "trainer", cfg.dpo.learning_rate),
+        beta=cfg.dpo.beta,
+        max_length=cfg.train.max_length,
+        precompute_ref_log_probs=True,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tok,
+        peft_config=peft_config,
+    )
+    started = time.perf_counter()
+    trainer.train()
+    summary = _summary(
+        trainer,
+        started,
+        len(data),
+        int(min(n_tokens, 2 * len(data) * cfg.train.max_length) * cfg.train.epochs),
+    )
+    summary["n_flipped"] = 0 if prefer_first is None else int((~prefer_first.astype(bool)).sum())
+    tok.padding_side = "left"
+    _save(trainer.model, tok, out)
+    return summary
+
+
+def load_arm(path: Path, base: Path, dtype: torch.dtype = torch.float32):
+    """A trained arm ready for inference: LoRA adapters merged into a fresh base copy."""
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_model(base, dtype), path).merge_and_unload()
+        model.eval()
+        return model
+    return load_model(path, dtype)
