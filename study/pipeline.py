@@ -287,7 +287,8 @@ def provenance(ctx: Context, base_hash: str) -> dict:
         "precision": ctx.precision,
         "packages": packages,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads",
     }
 
 

@@ -1,0 +1,56 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from study.data import prepare
+from study.models import load_model
+from study.training import load_arm, train_dpo, train_sft
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def rows():
+    from study.config import DataConfig
+
+    return prepare(DataConfig(source="synthetic", eval_split=None, sample_size=8)).train
+
+
+def _logits(model, tok):
+    ids = tok("\n\nHuman: tea?\n\nAssistant:", return_tensors="pt")
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+def test_base_is_untouched_and_arms_differ(tmp_path, tiny_path, tiny_tok, rows, smoke_config):
+    base = load_model(tiny_path)
+    before = _logits(base, tiny_tok)
+    train_sft("sft-chosen", tiny_path, rows, smoke_config, tmp_path / "c")
+    train_sft("sft-rejected", tiny_path, rows, smoke_config, tmp_path / "r")
+    assert torch.equal(_logits(base, tiny_tok), before)
+    assert torch.equal(_logits(load_model(tiny_path), tiny_tok), before)
+    a = load_arm(tmp_path / "c", tiny_path).state_dict()
+    b = load_arm(tmp_path / "r", tiny_path).state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], base.state_dict()[k]) for k in a)
+
+
+def _weights(path, base):
+    return load_arm(path, base).state_dict()
+
+
+def test_dpo_identical_labels_identical_weights_flipped_differ(
+    tmp_path, tiny_path, rows, smoke_config
+):
+    same = pd.Series([True] * len(rows))
+    flipped = pd.Series([i % 2 == 0 for i in range(len(rows))])
+    h = train_dpo("dpo-human", tiny_path, rows, smoke_config, tmp_path / "h")
+    a = train_dpo("dpo-ai", tiny_path, rows, smoke_config, tmp_path / "a", same)
+    f = train_dpo("dpo-ai", tiny_path, rows, smoke_config, tmp_path / "f", flipped)
+    wh, wa, wf = (_weights(tmp_path / n, tiny_path) for n in "haf")
+    assert all(torch.equal(wh[k], wa[k]) for k in wh)
+    assert any(not torch.equal(wh[k], wf[k]) for k in wh)
+    assert a["n_flipped"] == 0 and f["n_flipped"] == len(rows) // 2
+    assert math.isclose(h["curve"][0]["loss"], math.log(2), rel_tol=1e-3)
