@@ -32,3 +32,15 @@ def smoke_config():
     from study.config import resolve
 
     return resolve("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """Results of a whole smoke-profile study (tiny model, synthetic rows), run once."""
+    from study import claims, findings, pipeline
+    from study.config import resolve
+
+    cfg = resolve("smoke")
+    run = pipeline.run_study(cfg, tmp_path_factory.mktemp("smoke-store"))
+    outcomes = claims.evaluate_all(run["replies"], run["labels"], cfg.bootstrap_resamples)
+    return findings.build_results(run, outcomes, "smoke", n_boot=cfg.bootstrap_resamples)

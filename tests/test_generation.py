@@ -32,8 +32,12 @@ def test_min_equal_max_new_tokens_gives_exactly_n(tiny_model, tiny_tok):
     lengths = [len(tiny_tok(t)["input_ids"]) for t in (five, forty)]
     assert lengths[0] <= 8 and lengths[1] >= 40
     got = generate(
-        tiny_model, tiny_tok, _reqs([five, forty]), Decoding(max_new_tokens=n),
-        min_new_tokens=n, batch_size=2,
+        tiny_model,
+        tiny_tok,
+        _reqs([five, forty]),
+        Decoding(max_new_tokens=n),
+        min_new_tokens=n,
+        batch_size=2,
     )
     assert [g["n_tokens"] for g in got] == [n, n]
 

@@ -35,9 +35,10 @@ def test_long_prompt_keeps_the_reply_and_the_loss_is_finite(tiny_tok, tiny_model
     assert len(tiny_tok(prompt, add_special_tokens=False)["input_ids"]) >= 600
     assert len(ex["input_ids"]) == 512
     kept = [t for t in ex["labels"] if t != IGNORE]
-    assert kept[-1] == tiny_tok.eos_token_id and len(kept) == len(
-        tiny_tok(reply, add_special_tokens=False)["input_ids"]
-    ) + 1
+    assert (
+        kept[-1] == tiny_tok.eos_token_id
+        and len(kept) == len(tiny_tok(reply, add_special_tokens=False)["input_ids"]) + 1
+    )
     batch = PadCollator(tiny_tok.pad_token_id)([ex])
     loss = tiny_model(**batch).loss
     assert math.isfinite(loss.item())

@@ -1,0 +1,47 @@
+import pytest
+
+from study.config import PROFILES, StudyConfig, config_hash, resolve
+
+pytestmark = pytest.mark.unit
+
+
+def test_seed_profile_is_the_notebook_protocol():
+    cfg = resolve("seed")
+    assert cfg.model.base == "EleutherAI/gpt-neo-125m"
+    assert cfg.data.source == "Dahoas/rm-static"
+    assert (cfg.data.sample_size, cfg.data.sample_seed) == (5000, 42)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (3, 4, 5e-5)
+    assert not cfg.train.use_lora
+    q1, q2 = cfg.eval.q1, cfg.eval.q2
+    assert (q1.temperature, q1.top_k, q1.top_p, q1.repetition_penalty) == (0.7, 50, 0.9, 1.5)
+    assert q2.repetition_penalty == 1.2
+
+
+def test_profiles_only_list_changes():
+    assert PROFILES["seed"] == {}
+    assert resolve("cpu").model.base == "smollm2-135m-instruct"
+    assert resolve("cpu", "/some/data").data.source == "/some/data"
+
+
+def test_hash_is_stable_and_sensitive():
+    assert config_hash(resolve("cpu")) == config_hash(resolve("cpu"))
+    assert config_hash(resolve("cpu")) != config_hash(resolve("cpu", overrides={"seed": 1}))
+    assert len(config_hash(StudyConfig())) == 16
+
+
+@pytest.mark.parametrize(
+    "profile,overrides,match",
+    [
+        ("cpuu", None, "Did you mean 'cpu'"),
+        ("cpu", {"train": {"epochs": 0}}, "train.epochs must be a positive"),
+        ("cpu", {"data": {"sample_size": -5}}, "data.sample_size"),
+        ("cpu", {"train": {"epoch": 2}}, "Did you mean 'epochs'"),
+        ("cpu", {"arms": ["base", "dpo-humans"]}, "Did you mean 'dpo-human'"),
+        ("cpu", {"eval": {"prompt_sets": ["q2"]}}, "unknown prompt set"),
+        ("cpu", {"eval": {"q1": {"top_p": 1.5}}}, "top_p"),
+    ],
+    ids=["profile", "zero-epochs", "negative-sample", "field", "arm", "prompt-set", "top-p"],
+)
+def test_bad_settings_name_the_parameter(profile, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        resolve(profile, overrides=overrides)
