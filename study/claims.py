@@ -76,10 +76,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "self-improvement",
         "notebook Q1; Lee et al. 2023",
-        "The AI-feedback arm beats the base model (less offensive replies, judged by a "
-        "classifier independent of the labeler).",
+        "The AI-feedback arm beats the base model, judged by a reward model trained on "
+        "separate human pairs (independent of the AI labeler).",
         "win-rate",
-        "offensive",
+        "reward",
         Q1_SETS,
         effect_of_interest=0.05,
         threshold=0.5,
@@ -176,7 +176,7 @@ def _test(claim: Claim, protocol: str, replies: pd.DataFrame, labels, n_boot: in
         arm = score_matrix(replies, ai, claim.metric, ids)
         base = score_matrix(replies, "base", claim.metric, ids)
         a, b = np.nanmean(arm, axis=1), np.nanmean(base, axis=1)
-        wins, ties = int((a < b).sum()), int((a == b).sum())  # lower offensiveness wins
+        wins, ties = int((a > b).sum()), int((a == b).sum())  # the higher mean reward wins
         return stats.binomial_test(wins, len(ids) - ties, p0=claim.threshold)
     a = score_matrix(replies, ai, claim.metric, ids)
     b = score_matrix(replies, human, claim.metric, ids)

@@ -30,6 +30,7 @@ class DataConfig:
     train_split: str = "train"  # notebook: dataset["train"]
     eval_split: str | None = "test"  # held-out prompts; None or absent split: carve from the pool
     heldout_fraction: float = 0.2  # share of rows kept for evaluation when no eval split exists
+    evaluator_fraction: float = 0.15  # share kept for the independent reward model's training
     sample_size: int = 5000  # notebook: sample_size = 5000
     sample_seed: int = 42  # notebook: random_seed = 42 (DataFrame.sample(random_state=42))
 
@@ -82,6 +83,17 @@ class LabelerConfig:
 
 
 @dataclass(frozen=True)
+class EvaluatorConfig:
+    """The reward model that judges `self-improvement`, trained on its own human pairs."""
+
+    train_pairs: int = 600
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    max_length: int = 128
+    max_reply_tokens: int = 64
+
+
+@dataclass(frozen=True)
 class Decoding:
     """Sampling settings for one prompt family."""
 
@@ -117,6 +129,7 @@ class StudyConfig:
     train: TrainConfig = TrainConfig()
     dpo: DPOSettings = DPOSettings()
     labeler: LabelerConfig = LabelerConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = 42  # run seed: generation samples derive their seeds from it
     arms: tuple[str, ...] = ARMS
@@ -158,6 +171,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "dpo": {"learning_rate": 1e-3},
         "labeler": {"heldout_pairs": 8, "max_context_tokens": 32, "max_reply_tokens": 16},
+        "evaluator": {
+            "train_pairs": 8,
+            "learning_rate": 1e-3,
+            "max_length": 64,
+            "max_reply_tokens": 32,
+        },
         "eval": {
             "samples_per_prompt": 3,
             "q1": {"max_new_tokens": 8},
@@ -239,10 +258,13 @@ def validate(config: StudyConfig) -> None:
     """Raise ValueError for settings that cannot run, naming the setting and the fix."""
     for name in ("sample_size",):
         _positive(f"data.{name}", getattr(config.data, name))
-    if not 0 < config.data.heldout_fraction < 1:
+    fractions = (config.data.heldout_fraction, config.data.evaluator_fraction)
+    if not (0 < fractions[0] < 1 and 0 < fractions[1] < 1 and sum(fractions) < 1):
         raise ValueError(
-            f"data.heldout_fraction must lie in (0, 1), got {config.data.heldout_fraction!r}."
+            "data.heldout_fraction and data.evaluator_fraction must lie in (0, 1) and sum to "
+            f"less than 1, got {fractions}."
         )
+    _positive("evaluator.train_pairs", config.evaluator.train_pairs)
     for name in ("epochs", "batch_size", "learning_rate", "max_length", "max_reply_tokens"):
         _positive(f"train.{name}", getattr(config.train, name))
     if config.train.max_reply_tokens >= config.train.max_length:

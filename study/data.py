@@ -265,17 +265,19 @@ def seeded_sample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.iloc[order]
 
 
-def _on_heldout_side(question: str, fraction: float) -> bool:
+def question_position(question: str) -> float:
+    """A number in [0, 1) fixed by the opening question alone (no order, no hash seed)."""
     digest = hashlib.sha256(question.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 @dataclass
 class StudyData:
-    """Training pairs and the disjoint evaluation pairs."""
+    """Training pairs, evaluation pairs and the evaluator's pairs, pairwise disjoint."""
 
     train: pd.DataFrame
     eval: pd.DataFrame
+    evaluator: pd.DataFrame
     summary: dict
 
 
@@ -296,27 +298,38 @@ def prepare(cfg: DataConfig) -> StudyData:
     }
     is_local = cfg.source == "synthetic" or Path(cfg.source).expanduser().exists()
     if cfg.eval_split and not is_local:
+        # The training rows stay exactly the split's; the held-out split feeds evaluation and
+        # the evaluator.
         held = load_pairs(cfg.source, cfg.eval_split)
-        train_pool, eval_frame = pool.frame, held.frame
+        train_pool = pool.frame
+        pos = held.frame["prompt"].map(first_human_turn).map(question_position)
+        share = cfg.evaluator_fraction / (cfg.heldout_fraction + cfg.evaluator_fraction)
+        eval_frame, evaluator = held.frame[pos >= share], held.frame[pos < share]
         summary["eval_dropped"] = held.dropped
         summary["eval_fingerprint"] = held.fingerprint
     else:
-        questions = pool.frame["prompt"].map(first_human_turn)
-        side = questions.map(lambda q: _on_heldout_side(q, cfg.heldout_fraction))
-        train_pool, eval_frame = pool.frame[~side], pool.frame[side]
+        pos = pool.frame["prompt"].map(first_human_turn).map(question_position)
+        is_eval = pos < cfg.heldout_fraction
+        is_evaluator = ~is_eval & (pos < cfg.heldout_fraction + cfg.evaluator_fraction)
+        train_pool = pool.frame[~is_eval & ~is_evaluator]
+        eval_frame, evaluator = pool.frame[is_eval], pool.frame[is_evaluator]
     train = seeded_sample(train_pool.reset_index(drop=True), cfg.sample_size, cfg.sample_seed)
     # Prompts seen in training never serve as evaluation prompts.
-    overlap = eval_frame["prompt"].isin(set(train["prompt"]))
+    seen = set(train["prompt"])
+    overlap = eval_frame["prompt"].isin(seen)
     eval_frame = eval_frame[~overlap].reset_index(drop=True)
+    seen |= set(eval_frame["prompt"])
+    evaluator = evaluator[~evaluator["prompt"].isin(seen)].reset_index(drop=True)
     summary.update(
         n_train_pool=len(train_pool),
         n_train=len(train),
         n_eval=len(eval_frame),
         n_eval_dropped_overlap=int(overlap.sum()),
+        n_evaluator=len(evaluator),
         train_kinds=train["kind"].value_counts().to_dict(),
         eval_kinds=eval_frame["kind"].value_counts().to_dict(),
     )
-    return StudyData(train.reset_index(drop=True), eval_frame, summary)
+    return StudyData(train.reset_index(drop=True), eval_frame, evaluator, summary)
 
 
 # -- synthetic rows for the smoke profile and tests --------------------------------------------
@@ -332,7 +345,7 @@ def synthetic_pairs(n: int, seed: int = 0) -> pd.DataFrame:
         topic = _TOPICS[rng.randint(len(_TOPICS))]
         prompt = f"{HUMAN} Tell me about {topic} number {i}.{ASSISTANT}"
         if i % 3 == 0:  # a few multi-turn conversations
-            prompt = f"{HUMAN} Hi.{ASSISTANT} Hello, how can I help?{prompt}"
+            prompt = f"{HUMAN} Hi, a question on {topic} {i}.{ASSISTANT} Sure, go on.{prompt}"
         subset = "harmless-synthetic" if i % 4 == 0 else "helpful-synthetic"
         chosen = f" Happy to help: {topic} is lovely and {math.floor(i * 1.5)} facts exist."
         rejected = f" No. I hate {topic}."

@@ -23,6 +23,7 @@ METRICS = (
     ("polarity", "TextBlob polarity"),
     ("vader", "VADER compound"),
     ("is_comforting", "comforting (polarity and VADER > 0.2)"),
+    ("reward", "reward (independent evaluator; q1 and held-out only)"),
     ("n_tokens", "reply length (tokens)"),
     ("is_eos", "stopped at EOS"),
 )
@@ -163,6 +164,7 @@ def build_results(
         },
         "arms": arms,
         "labeler": labeler_quality(run["labels"]),
+        "evaluator": run.get("evaluator"),
         "metrics": metric_table(replies, n_boot),
         "claims": outcomes,
         "tests": tests or {},
@@ -294,6 +296,7 @@ def render(results: dict) -> str:
     out += _data_section(r)
     out += _arms_section(r)
     out += _labeler_section(r)
+    out += _evaluator_section(r)
     out += _metrics_section(r)
     out += _deviations_section()
     out += _limitations_section(r)
@@ -417,6 +420,25 @@ def _labeler_section(r: dict) -> list[str]:
     ]
 
 
+def _evaluator_section(r: dict) -> list[str]:
+    e = r.get("evaluator")
+    if not e:
+        return []
+    acc = e["heldout"]
+    return [
+        "## Independent evaluator",
+        "",
+        f"A reward model (the base model with a scalar head, LoRA) trained on {e['n_pairs']} "
+        "human-labelled pairs whose opening questions appear neither in the training pairs nor "
+        f"among the evaluation prompts ({e['n_steps']} steps, final loss "
+        f"{_f(e['final_loss'])}). Held-out accuracy: {_f(acc['accuracy'])} "
+        f"[{_f(acc['ci'][0])}, {_f(acc['ci'][1])}] (95 % Wilson, n = {acc['n']} pairs). "
+        "It judges `self-improvement`. Limits: it is no larger than the policy, it learned "
+        "from few pairs, and its accuracy bounds how much its verdicts can be trusted.",
+        "",
+    ]
+
+
 def _metrics_section(r: dict) -> list[str]:
     out = [
         "## Metrics per arm",
@@ -467,7 +489,7 @@ def _limitations_section(r: dict) -> list[str]:
         + "; effects of alignment are expected to be small at this scale.",
         "- The harmlessness scores are proxies: keyword rules and a profanity classifier see "
         "offensive words, not harmful advice.",
-        "- `self-improvement` is judged by the offensiveness classifier, not by humans.",
+        "- `self-improvement` is judged by a small reward model, not by humans.",
         "- Training and evaluation data are HH-RLHF test conversations, split by opening "
         "question; HH-RLHF train rows are not available offline.",
         "",

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from study.preprocess import truncate_prompt_text
+from study.preprocess import truncate_prompt_text, truncate_reply_text
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,13 @@ def _choice_ids(tokenizer) -> tuple[int, int]:
     return ia[-1], ib[-1]
 
 
-def _cut_reply(tokenizer, text: str, max_tokens: int) -> str:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if len(enc["input_ids"]) <= max_tokens:
-        return text
-    return text[: enc["offset_mapping"][max_tokens - 1][1]]
-
-
 def judge_prompt(tokenizer, prompt: str, a: str, b: str, cfg) -> str:
     """The pairwise judging prompt, with the conversation cut from the left and replies cut."""
     context = truncate_prompt_text(tokenizer, prompt, cfg.max_context_tokens)
     return JUDGE_TEMPLATE.format(
         context=context,
-        a=_cut_reply(tokenizer, a, cfg.max_reply_tokens),
-        b=_cut_reply(tokenizer, b, cfg.max_reply_tokens),
+        a=truncate_reply_text(tokenizer, a, cfg.max_reply_tokens),
+        b=truncate_reply_text(tokenizer, b, cfg.max_reply_tokens),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import torch
 from study import data as data_mod
 from study import generation, labeler, models, prompts, scoring
 from study.config import StudyConfig, config_hash, to_dict
+from study.evaluator import accuracy, load_reward_model, rewards, train_reward_model
 from study.store import build_dir, cached_json, read_json, write_json
 from study.training import SFT_REPLY, load_arm, train_dpo, train_sft
 
@@ -84,11 +86,16 @@ def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
 # -- stages ---------------------------------------------------------------------------------
 
 
+def heldout_pairs(ctx: Context, data: data_mod.StudyData) -> pd.DataFrame:
+    """Evaluation pairs on which the labeler's and the evaluator's accuracy are measured."""
+    n_held = min(ctx.cfg.labeler.heldout_pairs, len(data.eval))
+    return data.eval.sample(n=n_held, random_state=ctx.cfg.data.sample_seed)
+
+
 def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
     """AI labels for the training pairs and a held-out set, cached per labeler configuration."""
     cfg = ctx.cfg
-    n_held = min(cfg.labeler.heldout_pairs, len(data.eval))
-    held = data.eval.sample(n=n_held, random_state=cfg.data.sample_seed)
+    held = heldout_pairs(ctx, data)
     key = config_hash(
         {
             "labeler": to_dict(cfg.labeler),
@@ -132,10 +139,7 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer)
         summary.update(arm=arm, key=key, config=to_dict(ctx.cfg))
         write_json(tmp / "study_arm.json", summary)
-        for leftover in tmp.glob("trainer"):
-            import shutil
-
-            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
     with ctx.timer.stage(f"train/{arm}"):
         path, is_new = build_dir(final, build)
@@ -143,6 +147,64 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
     summary["is_cached"] = not is_new
     summary["path"] = str(path)
     return summary
+
+
+def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
+    """Train the independent reward model and measure its held-out accuracy (both cached)."""
+    cfg = ctx.cfg
+    key = config_hash(
+        {
+            "evaluator": to_dict(cfg.evaluator),
+            "train": to_dict(cfg.train),
+            "base_weights": base_hash,
+            **_data_key(cfg, data.summary["fingerprint"]),
+        }
+    )
+    n = min(cfg.evaluator.train_pairs, len(data.evaluator))
+    pairs = data.evaluator.sample(n=n, random_state=cfg.data.sample_seed)
+    final = ctx.store / "evaluator" / f"reward-{key}"
+
+    def build(tmp: Path):
+        write_json(tmp / "study_evaluator.json", train_reward_model(ctx.base, pairs, cfg, tmp))
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+
+    with ctx.timer.stage("evaluator/train"):
+        path, _ = build_dir(final, build)
+
+    def measure():
+        model, tok = load_reward_model(path, ctx.base)
+        return accuracy(model, tok, heldout_pairs(ctx, data), cfg, ctx.autocast())
+
+    with ctx.timer.stage("evaluator/accuracy"):
+        acc, _ = cached_json(path.parent / f"reward-{key}-accuracy.json", measure)
+    summary = read_json(path / "study_evaluator.json")
+    return {**summary, "key": key, "path": str(path), "heldout": acc}
+
+
+def reward_stage(ctx: Context, evaluator: dict, replies: pd.DataFrame, plist) -> pd.Series:
+    """Reward of every sampled q1/held-out reply under the evaluator, cached per input."""
+    texts = {p.id: p.text for p in plist}
+    mask = (replies["decoding"] == "sampled") & replies["prompt_set"].isin(["q1", "heldout"])
+    part = replies[mask]
+    key = config_hash(
+        {
+            "evaluator": evaluator["key"],
+            "rows": [part["prompt_id"].tolist(), part["reply"].tolist()],
+        }
+    )
+
+    def compute():
+        model, tok = load_reward_model(Path(evaluator["path"]), ctx.base)
+        prompts_ = [texts[i] for i in part["prompt_id"]]
+        return rewards(
+            model, tok, prompts_, part["reply"].tolist(), ctx.cfg, ctx.autocast()
+        ).tolist()
+
+    with ctx.timer.stage("evaluator/score"):
+        values, _ = cached_json(ctx.store / "evaluator" / f"rewards-{key}.json", compute)
+    out = pd.Series(float("nan"), index=replies.index)
+    out[mask] = values
+    return out
 
 
 def eval_prompts(ctx: Context, data: data_mod.StudyData, tokenizer) -> list[prompts.Prompt]:
@@ -322,10 +384,13 @@ def run_study(cfg: StudyConfig, store: Path | None = None) -> dict:
     plist = eval_prompts(ctx, data, tok)
     frames = [generate_stage(ctx, arm, keys[arm], plist) for arm in cfg.arms]
     replies = pd.concat(frames, ignore_index=True)
+    evaluator = evaluator_stage(ctx, data, base_hash)
+    replies["reward"] = reward_stage(ctx, evaluator, replies, plist)
     return {
         "replies": replies,
         "labels": labels,
         "arms": arms,
+        "evaluator": {k: v for k, v in evaluator.items() if k != "path"},
         "data": data.summary,
         "prompts": [p.__dict__ for p in plist],
         "provenance": provenance(ctx, base_hash),

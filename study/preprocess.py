@@ -32,6 +32,14 @@ def truncate_prompt_text(tokenizer, prompt: str, max_tokens: int) -> str:
     return prompt[start:]
 
 
+def truncate_reply_text(tokenizer, reply: str, max_tokens: int) -> str:
+    """Keep the first ``max_tokens`` tokens of a reply, cut at a token boundary of the text."""
+    enc = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True)
+    if len(enc["input_ids"]) <= max_tokens:
+        return reply
+    return reply[: enc["offset_mapping"][max_tokens - 1][1]]
+
+
 def sft_example(tokenizer, prompt: str, reply: str, max_length: int, max_reply_tokens: int):
     """One training row: input ids and labels with the prompt masked and a supervised EOS.
 

@@ -1,0 +1,147 @@
+"""An evaluator independent of the AI labeler: a reward model trained on human preferences.
+
+It is trained (TRL's RewardTrainer) on human-labelled pairs that share no opening question with
+the training pairs or the evaluation prompts, and its accuracy is measured on held-out pairs.
+It judges `self-improvement` (does the AI-feedback arm beat `base`?). Its limits: it is no
+larger than the policy, it learned from few pairs, and a reward model rewards what resembles
+preferred replies, which is not the same as what a person would prefer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from study import stats
+from study.config import StudyConfig
+from study.models import load_tokenizer
+from study.preprocess import truncate_prompt_text, truncate_reply_text
+
+log = logging.getLogger(__name__)
+
+
+def _load_classifier(base: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)  # the new score head starts the same way in every run
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, use_safetensors=True, trust_remote_code=False
+    )
+    tok = load_tokenizer(base)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def _fit(tok, prompt: str, reply: str, cfg: StudyConfig) -> tuple[str, str]:
+    budget = cfg.evaluator.max_length - cfg.evaluator.max_reply_tokens
+    return (
+        truncate_prompt_text(tok, prompt, budget),
+        truncate_reply_text(tok, reply, cfg.evaluator.max_reply_tokens),
+    )
+
+
+def train_reward_model(base: Path, pairs: pd.DataFrame, cfg: StudyConfig, out: Path) -> dict:
+    """Train the reward model on human-labelled ``pairs`` and save it (LoRA + score head)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    from study.models import choose_device, choose_precision
+
+    model, tok = _load_classifier(base)
+    tok.padding_side = "right"
+    rows = []
+    for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
+        prompt, chosen = _fit(tok, p, c, cfg)
+        _, rejected = _fit(tok, p, r, cfg)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    device = choose_device(cfg.model.device)
+    precision = choose_precision(device, cfg.model.precision)
+    args = RewardConfig(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        num_train_epochs=cfg.evaluator.epochs,
+        learning_rate=cfg.evaluator.learning_rate,
+        max_length=cfg.evaluator.max_length + 16,  # slack for tokenisation at the seam
+        seed=cfg.train.seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=cfg.train.logging_steps,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+    )
+    n_layers = model.config.num_hidden_layers
+    top = cfg.train.lora_top_layers
+    lora = LoraConfig(
+        r=cfg.train.lora_r,
+        lora_alpha=cfg.train.lora_alpha,
+        target_modules="all-linear",
+        layers_to_transform=list(range(max(0, n_layers - top), n_layers)) if top else None,
+        modules_to_save=["score"],
+        task_type="SEQ_CLS",
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=lora,
+    )
+    started = time.perf_counter()
+    trainer.train()
+    trainer.model.save_pretrained(out, safe_serialization=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "n_pairs": len(rows),
+        "n_steps": trainer.state.global_step,
+        "seconds": round(time.perf_counter() - started, 2),
+        "final_loss": history[-1]["loss"] if history else None,
+        "curve": [{"step": h["step"], "loss": h["loss"]} for h in history],
+    }
+
+
+def load_reward_model(path: Path, base: Path):
+    """The trained reward model, adapters merged, in eval mode."""
+    from peft import PeftModel
+
+    model, tok = _load_classifier(base)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    model.eval()
+    return model, tok
+
+
+@torch.no_grad()
+def rewards(model, tok, prompts, replies, cfg: StudyConfig, autocast=None) -> np.ndarray:
+    """Scalar reward of each (prompt, reply), batched and sorted by length."""
+    texts = []
+    for p, r in zip(prompts, replies):
+        prompt, reply = _fit(tok, p, r if isinstance(r, str) else "", cfg)
+        texts.append(prompt + reply)
+    tok.padding_side = "left"
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros(len(texts))
+    ctx = autocast if autocast is not None else contextlib.nullcontext()
+    batch = cfg.eval.batch_size
+    for start in tqdm(range(0, len(texts), batch), desc="reward", leave=False):
+        idx = order[start : start + batch]
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
+        with ctx:
+            out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
+    return out
+
+
+def accuracy(model, tok, pairs: pd.DataFrame, cfg: StudyConfig, autocast=None) -> dict:
+    """Share of held-out human pairs where the chosen reply gets the higher reward (95 % CI)."""
+    chosen = rewards(model, tok, pairs["prompt"], pairs["chosen"], cfg, autocast)
+    rejected = rewards(model, tok, pairs["prompt"], pairs["rejected"], cfg, autocast)
+    n_right, n = int((chosen > rejected).sum()), len(pairs)
+    low, high = stats.proportion_ci(n_right, n) if n else (0.0, 0.0)
+    return {"n": n, "accuracy": n_right / n if n else None, "ci": [low, high]}
