@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -51,6 +52,12 @@ def study_run(pytestconfig, study_config):
     from study import claims, pipeline
 
     state = pytestconfig._study_state
+    log_dir = Path(pytestconfig.getoption("findings")) / study_config.profile
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "run.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("study").addHandler(handler)
+    logging.getLogger("study").setLevel(logging.INFO)
     started = time.perf_counter()
     run = pipeline.run_study(study_config)
     run["timings"]["total"] = round(time.perf_counter() - started, 2)

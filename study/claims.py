@@ -235,6 +235,14 @@ def _verdict(claim: Claim, result: stats.TestResult, p_adj: float | None) -> tup
     return "not supported", f"p_adj {p_adj:.3g} >= alpha {claim.alpha:g}"
 
 
+def _compared(claim: Claim, ai: str, human: str) -> list[str]:
+    if claim.kind == "win-rate":
+        return [ai, "base"]
+    if claim.kind == "agreement":
+        return ["AI labels", "human labels"]
+    return [ai, human]
+
+
 def evaluate_all(replies: pd.DataFrame, labels, n_boot: int = 2000) -> list[dict]:
     """Every claim on every protocol, with Holm adjustment within each protocol's family."""
     raw = [(c, p, _test(c, p, replies, labels, n_boot)) for c, p in cases()]
@@ -254,7 +262,7 @@ def evaluate_all(replies: pd.DataFrame, labels, n_boot: int = 2000) -> list[dict
                 "protocol": protocol,
                 "source": claim.source,
                 "statement": claim.statement,
-                "arms": [ai, "base" if claim.kind == "win-rate" else human],
+                "arms": _compared(claim, ai, human),
                 "metric": claim.metric,
                 "test": claim.describe_test(),
                 "effect_of_interest": claim.effect_of_interest,

@@ -185,6 +185,9 @@ def write_findings(out_dir: Path, results: dict, replies: pd.DataFrame) -> None:
     ]
     write_text(out_dir / "responses.jsonl", "\n".join(lines) + "\n")
     write_text(out_dir / "REPORT.md", render(results))
+    from study.figures import draw_all
+
+    draw_all(results, out_dir / "figures")
 
 
 def _json_default(x):
@@ -293,6 +296,7 @@ def render(results: dict) -> str:
         "",
     ]
     out += _key_findings(r)
+    out += _figures_section()
     out += _data_section(r)
     out += _arms_section(r)
     out += _labeler_section(r)
@@ -323,6 +327,16 @@ def _key_findings(r: dict) -> list[str]:
                 f"{c['n_samples']}) — {c['verdict']}."
             )
     return out + [""]
+
+
+def _figures_section() -> list[str]:
+    from study.figures import FIGURES
+
+    return (
+        ["### Figures", ""]
+        + [f"- [{title}](figures/{name})" for name, (_, title) in FIGURES.items()]
+        + [""]
+    )
 
 
 def _data_section(r: dict) -> list[str]:

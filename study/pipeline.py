@@ -354,12 +354,26 @@ def provenance(ctx: Context, base_hash: str) -> dict:
     }
 
 
-def run_study(cfg: StudyConfig, store: Path | None = None) -> dict:
-    """Run (or reuse) every stage and return the raw material of the findings.
+STAGES = ("label", "train", "evaluate")
+
+
+def run_study(
+    cfg: StudyConfig, store: Path | None = None, until: str = "evaluate", arms=None
+) -> dict:
+    """Run (or reuse) the stages up to ``until`` and return the raw material of the findings.
+
+    Args:
+        cfg: the resolved configuration.
+        store: artefact store (default ``STUDY_STORE`` or ``.study-store``).
+        until: last stage to run: ``label``, ``train`` or ``evaluate``.
+        arms: arms to train (default: all of ``cfg.arms``); only with ``until="train"``.
 
     Returns a dict with ``replies`` (a DataFrame of every scored reply), ``labels``, ``arms``
-    (training summaries), ``data`` (cleaning counts), ``provenance`` and ``timings``.
+    (training summaries), ``evaluator``, ``data`` (cleaning counts), ``provenance`` and
+    ``timings``; stages not run are absent.
     """
+    if until not in STAGES:
+        raise ValueError(f"until must be one of {', '.join(STAGES)}; got {until!r}.")
     timer = Timer()
     store = Path(store) if store else models.store_root()
     device = models.choose_device(cfg.model.device)
@@ -369,16 +383,23 @@ def run_study(cfg: StudyConfig, store: Path | None = None) -> dict:
         base = models.resolve_model(cfg.model.base, store)
         base_hash = models.weights_hash(base)
     ctx = Context(cfg, store, base, device, precision, timer)
+    out = {"data": data.summary, "timings": timer.stages}
 
     labels = None
     if "dpo-ai" in cfg.arms:
         labels = label_stage(ctx, data, base_hash)
+    out["labels"] = labels
+    if until == "label":
+        return out
 
     keys = {arm: arm_key(ctx, arm, data.summary["fingerprint"], base_hash) for arm in cfg.arms}
-    arms = {"base": {"arm": "base", "key": keys["base"], "n_steps": 0}}
-    for arm in cfg.arms:
+    trained = {"base": {"arm": "base", "key": keys["base"], "n_steps": 0}}
+    for arm in arms or cfg.arms:
         if arm != "base":
-            arms[arm] = train_stage(ctx, arm, data, keys[arm], labels)
+            trained[arm] = train_stage(ctx, arm, data, keys[arm], labels)
+    out["arms"] = trained
+    if until == "train":
+        return out
 
     tok = models.load_tokenizer(base)
     plist = eval_prompts(ctx, data, tok)
@@ -386,14 +407,10 @@ def run_study(cfg: StudyConfig, store: Path | None = None) -> dict:
     replies = pd.concat(frames, ignore_index=True)
     evaluator = evaluator_stage(ctx, data, base_hash)
     replies["reward"] = reward_stage(ctx, evaluator, replies, plist)
-    return {
-        "replies": replies,
-        "labels": labels,
-        "arms": arms,
-        "evaluator": {k: v for k, v in evaluator.items() if k != "path"},
-        "data": data.summary,
-        "prompts": [p.__dict__ for p in plist],
-        "provenance": provenance(ctx, base_hash),
-        "timings": timer.stages,
-        "train_prompts": set(data.train["prompt"]),
-    }
+    out.update(
+        replies=replies,
+        evaluator={k: v for k, v in evaluator.items() if k != "path"},
+        prompts=[p.__dict__ for p in plist],
+        provenance=provenance(ctx, base_hash),
+    )
+    return out

@@ -46,3 +46,26 @@ def test_escape_is_one_line_and_bounded():
 def test_render_is_a_pure_function(smoke_results):
     r = _results(smoke_results, ["hello"])
     assert render(copy.deepcopy(r)) == render(r)
+
+
+def test_committed_report_is_exactly_what_its_results_render():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "findings" / "cpu"
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    assert render(results) == (folder / "REPORT.md").read_text(encoding="utf-8")
+
+
+def test_report_command_rewrites_the_same_bytes(tmp_path, smoke_results):
+    import pandas as pd
+
+    from study.__main__ import main
+    from study.findings import write_findings
+
+    write_findings(tmp_path / "smoke", smoke_results, pd.DataFrame({"reply": ["x"]}))
+    before = (tmp_path / "smoke" / "REPORT.md").read_bytes()
+    (tmp_path / "smoke" / "REPORT.md").write_text("stale", encoding="utf-8")
+    assert main(["report", "--profile", "smoke", "--findings", str(tmp_path)]) == 0
+    assert (tmp_path / "smoke" / "REPORT.md").read_bytes() == before
+    assert (tmp_path / "smoke" / "figures" / "metrics.png").stat().st_size > 1000

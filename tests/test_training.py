@@ -54,3 +54,33 @@ def test_dpo_identical_labels_identical_weights_flipped_differ(
     assert any(not torch.equal(wh[k], wf[k]) for k in wh)
     assert a["n_flipped"] == 0 and f["n_flipped"] == len(rows) // 2
     assert math.isclose(h["curve"][0]["loss"], math.log(2), rel_tol=1e-3)
+
+
+def _toy(n, same=False):
+    prompts = [f"\n\nHuman: Tell me about tea {i}.\n\nAssistant:" for i in range(n)]
+    chosen = [" Tea is a warm drink people enjoy."] * n
+    rejected = chosen if same else [" No. Go away."] * n
+    return pd.DataFrame({"prompt": prompts, "chosen": chosen, "rejected": rejected})
+
+
+def test_dpo_on_equal_replies_has_loss_ln2(tmp_path, tiny_path, smoke_config):
+    summary = train_dpo("dpo-human", tiny_path, _toy(4, same=True), smoke_config, tmp_path / "e")
+    assert summary["curve"][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_dpo_learns_and_leaves_the_reference_alone(tmp_path, tiny_path, smoke_config):
+    import dataclasses
+
+    from study.models import weights_hash
+
+    cfg = dataclasses.replace(
+        smoke_config,
+        train=dataclasses.replace(smoke_config.train, epochs=4.0),
+        dpo=dataclasses.replace(smoke_config.dpo, learning_rate=5e-3),
+    )
+    before = weights_hash(tiny_path)
+    summary = train_dpo("dpo-human", tiny_path, _toy(8), cfg, tmp_path / "d")
+    assert summary["curve"][-1]["loss"] < math.log(2) - 0.05
+    assert weights_hash(tiny_path) == before
+    base, policy = load_model(tiny_path).state_dict(), _weights(tmp_path / "d", tiny_path)
+    assert any(not torch.equal(base[k], policy[k]) for k in base)
