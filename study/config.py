@@ -76,8 +76,8 @@ class LabelerConfig:
     """The AI labeler that replaces the human preference in `dpo-ai`."""
 
     model: str | None = None  # None: the base model itself (same size, same checkpoint)
-    max_context_tokens: int = 160  # conversation kept (from the end) in the judging prompt
-    max_reply_tokens: int = 64  # each reply's budget in the judging prompt
+    max_context_tokens: int = 96  # conversation kept (from the end) in the judging prompt
+    max_reply_tokens: int = 48  # each reply's budget in the judging prompt
     batch_size: int = 16
     heldout_pairs: int = 200  # evaluation pairs labelled to measure agreement out of sample
 

@@ -57,22 +57,20 @@ class RowSampler(LogitsProcessor):
         if self.greedy:
             choice = scores.argmax(dim=-1)
         else:
-            scores = scores / self.d.temperature
-            if self.d.top_k and self.d.top_k < scores.shape[-1]:
-                kth = torch.topk(scores, self.d.top_k, dim=-1).values[..., -1:]
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
+            # Only the top-k candidates can be drawn, so the draw works on those alone.
+            vocab = scores.shape[-1]
+            k = self.d.top_k if 0 < self.d.top_k < vocab else vocab
+            values, index = torch.topk(scores / self.d.temperature, k, dim=-1)  # descending
+            probs = torch.softmax(values, dim=-1)
             if self.d.top_p < 1.0:
-                sorted_p, order = probs.sort(dim=-1, descending=True)
-                before = sorted_p.cumsum(dim=-1) - sorted_p  # mass strictly above each token
-                sorted_p = sorted_p.masked_fill(before > self.d.top_p, 0.0)
-                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-            choice = torch.stack(
-                [
-                    torch.multinomial(probs[i], 1, generator=g)[0]
-                    for i, g in enumerate(self.generators)
-                ]
+                before = probs.cumsum(dim=-1) - probs  # mass strictly above each candidate
+                probs = probs.masked_fill(before > self.d.top_p, 0.0)
+            cdf = (probs / probs.sum(dim=-1, keepdim=True)).cumsum(dim=-1)
+            u = torch.stack(
+                [torch.rand((), generator=g, device=cdf.device) for g in self.generators]
             )
+            pick = torch.searchsorted(cdf, u[:, None]).clamp(max=k - 1)
+            choice = index.gather(1, pick)[:, 0]
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, choice[:, None], 0.0)
         return out

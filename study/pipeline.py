@@ -62,6 +62,10 @@ class Context:
 
 # -- keys ---------------------------------------------------------------------------------------
 
+# Bumped when a stage's code changes what it produces, so stored artefacts of the old code are
+# not reused.
+STAGE_VERSIONS = {"label": 1, "train": 1, "generate": 1, "evaluator": 1}
+
 
 def _data_key(cfg: StudyConfig, fingerprint: str) -> dict:
     return {"data": to_dict(cfg.data), "fingerprint": fingerprint}
@@ -70,6 +74,7 @@ def _data_key(cfg: StudyConfig, fingerprint: str) -> dict:
 def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
     """Hash of exactly what determines an arm's weights."""
     parts = {
+        "version": STAGE_VERSIONS["train"],
         "arm": arm,
         "base": ctx.cfg.model.base,
         "base_weights": base_hash,
@@ -98,6 +103,7 @@ def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
     held = heldout_pairs(ctx, data)
     key = config_hash(
         {
+            "version": STAGE_VERSIONS["label"],
             "labeler": to_dict(cfg.labeler),
             "labeler_model": cfg.labeler.model or cfg.model.base,
             "base_weights": base_hash,
@@ -154,6 +160,7 @@ def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> d
     cfg = ctx.cfg
     key = config_hash(
         {
+            "version": STAGE_VERSIONS["evaluator"],
             "evaluator": to_dict(cfg.evaluator),
             "train": to_dict(cfg.train),
             "base_weights": base_hash,
@@ -234,6 +241,7 @@ def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]
     cfg = ctx.cfg
     gen_key = config_hash(
         {
+            "version": STAGE_VERSIONS["generate"],
             "arm_key": key,
             "eval": to_dict(cfg.eval),
             "seed": cfg.seed,
