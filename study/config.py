@@ -61,6 +61,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_top_layers: int | None = None  # LoRA on the top N blocks only (None: every block)
     logging_steps: int = 10  # notebook: logging_steps=10
+    checkpoint_steps: int = 200  # a killed run resumes from its latest checkpoint (0: none)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,14 @@ class Context:
 STAGE_VERSIONS = {"label": 1, "train": 1, "generate": 1, "evaluator": 1}
 
 
+# Settings that change how a run proceeds but not what it produces.
+OPERATIONAL = {"checkpoint_steps"}
+
+
+def _train_key(cfg: StudyConfig) -> dict:
+    return {k: v for k, v in to_dict(cfg.train).items() if k not in OPERATIONAL}
+
+
 def _data_key(cfg: StudyConfig, fingerprint: str) -> dict:
     return {"data": to_dict(cfg.data), "fingerprint": fingerprint}
 
@@ -79,7 +87,7 @@ def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
         "base": ctx.cfg.model.base,
         "base_weights": base_hash,
         **_data_key(ctx.cfg, fingerprint),
-        "train": to_dict(ctx.cfg.train),
+        "train": _train_key(ctx.cfg),
     }
     if arm.startswith("dpo"):
         parts["dpo"] = to_dict(ctx.cfg.dpo)
@@ -133,22 +141,25 @@ def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
 def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labels) -> dict:
     """Train one arm into the store unless an arm with the same key is already there."""
     final = ctx.store / "arms" / f"{arm}-{key}"
+    # Checkpoints live under a name fixed by the key, so a rerun finds an interrupted run's.
+    checkpoints = ctx.store / "checkpoints" / f"{arm}-{key}"
 
     def build(tmp: Path):
         log.info("training %s into %s", arm, final.name)
         if arm in SFT_REPLY:
-            summary = train_sft(arm, ctx.base, data.train, ctx.cfg, tmp)
+            summary = train_sft(arm, ctx.base, data.train, ctx.cfg, tmp, checkpoints)
         else:
             prefer = None
             if arm == "dpo-ai":
                 prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
-            summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer)
+            summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints)
         summary.update(arm=arm, key=key, config=to_dict(ctx.cfg))
         write_json(tmp / "study_arm.json", summary)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
     with ctx.timer.stage(f"train/{arm}"):
         path, is_new = build_dir(final, build)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     summary = read_json(path / "study_arm.json")
     summary["is_cached"] = not is_new
     summary["path"] = str(path)
@@ -162,7 +173,7 @@ def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> d
         {
             "version": STAGE_VERSIONS["evaluator"],
             "evaluator": to_dict(cfg.evaluator),
-            "train": to_dict(cfg.train),
+            "train": _train_key(cfg),
             "base_weights": base_hash,
             **_data_key(cfg, data.summary["fingerprint"]),
         }

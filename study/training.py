@@ -40,11 +40,12 @@ def _lora(model, cfg: StudyConfig):
     return get_peft_model(model, lora)
 
 
-def _common_args(cfg: StudyConfig, out: Path, learning_rate: float) -> dict:
+def _common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> dict:
     device = choose_device(cfg.model.device)
     precision = choose_precision(device, cfg.model.precision)
+    every = cfg.train.checkpoint_steps
     return dict(
-        output_dir=str(out),
+        output_dir=str(checkpoints),
         per_device_train_batch_size=cfg.train.batch_size,
         num_train_epochs=cfg.train.epochs,
         learning_rate=learning_rate,
@@ -54,7 +55,11 @@ def _common_args(cfg: StudyConfig, out: Path, learning_rate: float) -> dict:
         seed=cfg.train.seed,
         data_seed=cfg.train.seed,
         report_to="none",
-        save_strategy="no",
+        # Checkpoints let a killed run resume; only the latest is kept.
+        save_strategy="steps" if every else "no",
+        save_steps=every or 500,
+        save_total_limit=1,
+        save_only_model=False,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -62,6 +67,20 @@ def _common_args(cfg: StudyConfig, out: Path, learning_rate: float) -> dict:
         remove_unused_columns=False,
         disable_tqdm=False,
     )
+
+
+def _fit(trainer, checkpoints: Path) -> int | None:
+    """Train, resuming from the latest checkpoint of an interrupted run if there is one.
+
+    Returns the step resumed from, or None for a fresh start.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        log.warning("resuming from %s after an interrupted run", last)
+    trainer.train(resume_from_checkpoint=last)
+    return int(last.rsplit("-", 1)[-1]) if last else None
 
 
 def _summary(trainer, started: float, n_rows: int, n_tokens: int) -> dict:
@@ -86,8 +105,25 @@ def _save(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def train_sft(arm: str, base: Path, rows: pd.DataFrame, cfg: StudyConfig, out: Path) -> dict:
-    """Supervised fine-tuning on prompt + the arm's reply column."""
+def train_sft(
+    arm: str,
+    base: Path,
+    rows: pd.DataFrame,
+    cfg: StudyConfig,
+    out: Path,
+    checkpoints: Path | None = None,
+) -> dict:
+    """Supervised fine-tuning on prompt + the arm's reply column.
+
+    Args:
+        arm: ``sft-chosen`` or ``sft-rejected``.
+        base: folder of the base model; the arm loads its own fresh copy.
+        rows: training pairs (``prompt``, ``chosen``, ``rejected``).
+        cfg: the study configuration.
+        out: folder receiving the trained weights (adapters when LoRA is used).
+        checkpoints: folder for resumable checkpoints (default: inside ``out``).
+    """
+    checkpoints = checkpoints or out / "trainer"
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -102,7 +138,7 @@ def train_sft(arm: str, base: Path, rows: pd.DataFrame, cfg: StudyConfig, out: P
     if cfg.train.use_lora:
         model = _lora(model, cfg)
     model.train()
-    args = TrainingArguments(**_common_args(cfg, out / "trainer", cfg.train.learning_rate))
+    args = TrainingArguments(**_common_args(cfg, checkpoints, cfg.train.learning_rate))
     trainer = Trainer(
         model=model,
         args=args,
@@ -110,8 +146,9 @@ def train_sft(arm: str, base: Path, rows: pd.DataFrame, cfg: StudyConfig, out: P
         data_collator=PadCollator(tok.pad_token_id),
     )
     started = time.perf_counter()
-    trainer.train()
+    resumed = _fit(trainer, checkpoints)
     summary = _summary(trainer, started, len(examples), int(n_tokens * cfg.train.epochs))
+    summary["resumed_from_step"] = resumed
     _save(trainer.model, tok, out)
     return summary
 
@@ -142,8 +179,14 @@ def train_dpo(
     cfg: StudyConfig,
     out: Path,
     prefer_first: pd.Series | None = None,
+    checkpoints: Path | None = None,
 ) -> dict:
-    """DPO from a fresh base copy; only the label direction differs between the DPO arms."""
+    """DPO from a fresh base copy; only the label direction differs between the DPO arms.
+
+    ``prefer_first`` holds the AI labels (True: the human-chosen reply is preferred); None
+    trains on the human labels. Other arguments as in ``train_sft``.
+    """
+    checkpoints = checkpoints or out / "trainer"
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -161,7 +204,7 @@ def train_dpo(
         model = _lora(model, cfg)
     model.train()
     args = DPOConfig(
-        **_common_args(cfg, out / "trainer", cfg.dpo.learning_rate),
+        **_common_args(cfg, checkpoints, cfg.dpo.learning_rate),
         beta=cfg.dpo.beta,
         max_length=cfg.train.max_length,
         precompute_ref_log_probs=True,
@@ -174,13 +217,14 @@ def train_dpo(
         peft_config=peft_config,
     )
     started = time.perf_counter()
-    trainer.train()
+    resumed = _fit(trainer, checkpoints)
     summary = _summary(
         trainer,
         started,
         len(data),
         int(min(n_tokens, 2 * len(data) * cfg.train.max_length) * cfg.train.epochs),
     )
+    summary["resumed_from_step"] = resumed
     summary["n_flipped"] = 0 if prefer_first is None else int((~prefer_first.astype(bool)).sum())
     tok.padding_side = "left"
     _save(trainer.model, tok, out)
