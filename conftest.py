@@ -25,6 +25,12 @@ def pytest_addoption(parser):
         help="hub id, file or folder of preference pairs (env STUDY_DATASET)",
     )
     group.addoption(
+        "--seeds",
+        type=int,
+        default=int(os.environ.get("STUDY_SEEDS", "1")),
+        help="repeat training and sampling with this many seeds; the report compares verdicts",
+    )
+    group.addoption(
         "--findings",
         default=os.environ.get("STUDY_FINDINGS", str(ROOT / "findings")),
         help="folder receiving findings/<profile>/ (env STUDY_FINDINGS)",
@@ -59,9 +65,19 @@ def study_run(pytestconfig, study_config):
     logging.getLogger("study").addHandler(handler)
     logging.getLogger("study").setLevel(logging.INFO)
     started = time.perf_counter()
-    run = pipeline.run_study(study_config)
+    n_seeds = pytestconfig.getoption("seeds")
+    if n_seeds < 1:
+        raise pytest.UsageError(f"--seeds must be at least 1, got {n_seeds}")
+    per_seed = []
+    for index in range(n_seeds):
+        cfg = pipeline.seed_variant(study_config, index)
+        result = pipeline.run_study(cfg)
+        outs = claims.evaluate_all(result["replies"], result["labels"], cfg.bootstrap_resamples)
+        per_seed.append((result, outs))
+    run, outcomes = per_seed[0]
     run["timings"]["total"] = round(time.perf_counter() - started, 2)
-    outcomes = claims.evaluate_all(run["replies"], run["labels"], study_config.bootstrap_resamples)
+    if n_seeds > 1:
+        run["stability"] = pipeline.stability([outs for _, outs in per_seed])
     state.update(run=run, outcomes=outcomes, profile=study_config.profile)
     return run, {o["case"]: o for o in outcomes}
 

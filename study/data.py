@@ -9,6 +9,7 @@ Two layouts are accepted:
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import json
@@ -32,6 +33,8 @@ LAYOUTS = (
     "HH transcript layout: columns chosen, rejected (whole conversations)",
 )
 DROP_REASONS = ("non_string", "no_assistant_turn", "empty_reply", "equal_replies")
+REQUIRED_COLUMNS = ("chosen", "rejected")
+JSON_ROW_EXAMPLE = '{"chosen": "...", "rejected": "..."}'
 
 
 class DataError(ValueError):
@@ -67,8 +70,10 @@ def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     """Split two transcripts at their longest common prefix ending in ``\\n\\nAssistant:``.
 
     Returns (prompt, chosen reply, rejected reply), or None when the transcripts share no
-    assistant turn.
+    assistant turn or either is not a string.
     """
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+        return None
     common = os.path.commonprefix([chosen, rejected])
     idx = common.rfind(ASSISTANT)
     if idx < 0:
@@ -90,12 +95,20 @@ def first_human_turn(prompt: str) -> str:
 
 def _data_files(path: Path) -> list[Path]:
     if path.is_file():
+        if not path.name.endswith(DATA_SUFFIXES):
+            raise DataError(
+                f"{path}: unsupported file type; expected a file ending in "
+                f"{', '.join(DATA_SUFFIXES)}. Convert it, e.g. a CSV with pandas: "
+                "pd.read_csv(PATH).to_json('pairs.jsonl', orient='records', lines=True)."
+            )
         return [path]
     files = sorted(p for p in path.iterdir() if p.name.endswith(DATA_SUFFIXES))
     if not files:
+        others = sorted(p.name for p in path.iterdir())
+        found = f"it holds {', '.join(others[:5])}" if others else "it is empty"
         raise DataError(
-            f"data.source={str(path)!r} is a folder with no data files; expected files ending in "
-            f"{', '.join(DATA_SUFFIXES)}."
+            f"data.source={str(path)!r} is a folder with no data files ({found}); expected files "
+            f"ending in {', '.join(DATA_SUFFIXES)}."
         )
     return files
 
@@ -108,35 +121,147 @@ def _subset_name(path: Path) -> str:
     return path.stem
 
 
-def _find_bad_json_line(path: Path) -> str:
-    opener = gzip.open if path.name.endswith(".gz") else open
+def _opener(path: Path):
+    return gzip.open if path.name.endswith(".gz") else open
+
+
+def _check_text_file(path: Path) -> None:
+    """Raise a DataError for an unreadable, non-UTF-8 or empty JSON file.
+
+    The JSON reader accepts invalid UTF-8 and fails only when the rows are used, far from the
+    file, and it reports an empty file as unparseable; both are caught here with their place.
+    """
+    if path.name.endswith(".gz"):
+        where, example = " of the decompressed text", f"zcat {path.name} | iconv -f latin1 -t utf-8"
+    else:
+        where, example = "", f"iconv -f latin1 -t utf-8 {path.name}"
+    offset, has_text = 0, False
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with _opener(path)(path, "rb") as fh:
             for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except json.JSONDecodeError as err:
-                        return f"line {lineno}: {err.msg} (column {err.colno})"
-    except UnicodeDecodeError as err:
-        return f"not UTF-8 text (byte {err.start}); re-save the file as UTF-8"
-    return "could not be parsed as JSON Lines or a JSON array of objects"
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(
+                        f"{path}: not UTF-8 text: byte {offset + err.start}{where} (line "
+                        f"{lineno}) is 0x{line[err.start]:02x}. Re-save the file as UTF-8, e.g. "
+                        f"{example}, for text that was Latin-1."
+                    ) from err
+                has_text = has_text or bool(text.strip().strip("\ufeff"))
+                offset += len(line)
+    except (OSError, EOFError) as err:  # a damaged gzip stream raises either
+        raise DataError(f"{path}: cannot be read ({err}); replace the file.") from err
+    if not has_text:
+        raise DataError(
+            f"{path}: the file is empty; add one JSON object per line, e.g. {JSON_ROW_EXAMPLE}, "
+            "or remove the file."
+        )
+
+
+def _check_parquet_file(path: Path) -> None:
+    """Raise a DataError for an empty or unreadable parquet file.
+
+    The reader reports both only as a failed dataset generation, which names neither.
+    """
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty; write the pairs to it or remove it.")
+    try:
+        n_rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as err:  # pyarrow raises several types for damaged files
+        raise DataError(f"{path}: cannot be read as parquet ({err}); rewrite the file.") from err
+    if n_rows == 0:
+        raise DataError(f"{path}: the file has no rows; write the pairs to it or remove it.")
+
+
+def _json_kind(value) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _describe_json_error(path: Path) -> str:
+    """Where and why a JSON file fails to parse, and what it should hold instead."""
+    lines_fix = f"Each line must be one JSON object, e.g. {JSON_ROW_EXAMPLE}"
+    # Only reached once the reader has failed, so reading the whole text is affordable.
+    with _opener(path)(path, "rt", encoding="utf-8-sig") as fh:
+        text = fh.read()
+    if text.lstrip().startswith("["):
+        array_fix = f"A JSON array must hold objects, e.g. [{JSON_ROW_EXAMPLE}]"
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            return f"line {err.lineno}, column {err.colno}: {err.msg}. {array_fix}"
+        for number, item in enumerate(items, 1):
+            if not isinstance(item, dict):
+                return (
+                    f"item {number} of the array is {_json_kind(item)}, not an object. {array_fix}"
+                )
+        return f"the array could not be read as rows. {array_fix}"
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {lineno}, column {err.colno}: {err.msg}. {lines_fix}; fix or remove it"
+        if not isinstance(row, dict):
+            return f"line {lineno} is {_json_kind(row)}, not an object. {lines_fix}"
+    return f"could not be parsed as JSON Lines or a JSON array of objects. {lines_fix}"
 
 
 def _read_file(path: Path) -> pd.DataFrame:
     import datasets
 
     kind = "parquet" if path.name.endswith(".parquet") else "json"
+    if kind == "json":
+        _check_text_file(path)
+    else:
+        _check_parquet_file(path)
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as err:  # the datasets library wraps parse errors in several types
         if kind == "json":
+            raise DataError(f"{path}: {_describe_json_error(path)}.") from err
+        raise DataError(f"{path}: cannot be read as parquet ({err}); rewrite the file.") from err
+    frame = ds.to_pandas()
+    if frame.empty:
+        raise DataError(f"{path}: the file has no rows; write the pairs to it or remove it.")
+    return frame
+
+
+def _near_column(name: str, found) -> str | None:
+    """The found column that ``name`` was probably meant to be, compared without case."""
+    by_lower = {str(c).strip().lower(): str(c) for c in found}
+    close = difflib.get_close_matches(name, list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def _check_columns(columns, origin: str) -> None:
+    """Raise a DataError naming ``origin`` unless ``columns`` fit one of the ``LAYOUTS``."""
+    found = [str(c) for c in columns if c != "subset"]
+    missing = [c for c in REQUIRED_COLUMNS if c not in found]
+    layouts = f"Accepted layouts: {'; '.join(LAYOUTS)}."
+    if missing:
+        hints, spare = [], [c for c in found if c not in REQUIRED_COLUMNS]
+        for name in missing:
+            near = _near_column(name, spare)
+            if near:
+                spare.remove(near)
+                hints.append(f" Column {near!r}: did you mean {name!r}? Rename it to {name!r}.")
+        raise DataError(
+            f"{origin}: missing column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(repr, missing))}; found {sorted(found)}.{''.join(hints)} {layouts}"
+        )
+    # Without an exact ``prompt`` column the replies are read as whole transcripts, so a
+    # differently cased one would silently drop every row.
+    if "prompt" not in found:
+        cased = [c for c in found if c.strip().lower() == "prompt"]
+        if cased:
             raise DataError(
-                f"{path}: {_find_bad_json_line(path)}. Each line must be one JSON object with "
-                "string fields."
-            ) from err
-        raise DataError(f"{path}: cannot be read as parquet ({err}).") from err
-    return ds.to_pandas()
+                f"{origin}: column {cased[0]!r}: did you mean 'prompt'? Rename it to 'prompt'; "
+                f"as it is, the replies would be read as whole transcripts. {layouts}"
+            )
 
 
 def _read_hub(source: str, split: str) -> pd.DataFrame:
@@ -159,11 +284,20 @@ def load_raw(source: str, split: str = "train") -> pd.DataFrame:
         return synthetic_pairs(64)
     path = Path(source).expanduser()
     if path.exists():
-        frames = []
+        frames, with_prompt, without_prompt = [], [], []
         for file in _data_files(path):
             frame = _read_file(file)
+            _check_columns(frame.columns, str(file))
+            (with_prompt if "prompt" in frame.columns else without_prompt).append(file.name)
             frame.insert(0, "subset", _subset_name(file))
             frames.append(frame)
+        # Concatenating both layouts would leave the transcripts without a prompt and drop them.
+        if with_prompt and without_prompt:
+            raise DataError(
+                f"data.source={str(path)!r}: its files mix the two layouts: {with_prompt[0]} has a "
+                f"'prompt' column, {without_prompt[0]} has none. Keep files of one layout in the "
+                f"folder. Accepted layouts: {'; '.join(LAYOUTS)}."
+            )
         return pd.concat(frames, ignore_index=True)
     frame = _read_hub(source, split)
     frame.insert(0, "subset", f"{source.split('/')[-1]}-{split}")
@@ -175,12 +309,8 @@ def to_pairs_frame(raw: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[s
 
     Rows that cannot be used are dropped and counted by reason (``DROP_REASONS``).
     """
+    _check_columns(raw.columns, origin)
     columns = set(raw.columns)
-    if not {"chosen", "rejected"} <= columns:
-        raise DataError(
-            f"{origin}: missing columns {sorted({'chosen', 'rejected'} - columns)}; found "
-            f"{sorted(columns - {'subset'})}. Accepted layouts: {'; '.join(LAYOUTS)}."
-        )
     has_prompt = "prompt" in columns
     subsets = raw["subset"] if "subset" in columns else pd.Series(["data"] * len(raw))
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -240,9 +370,12 @@ def load_pairs(source: str, split: str = "train") -> Pairs:
         if n:
             log.warning("dropped %d pairs from %s: %s", n, source, reason)
     if frame.empty:
+        near = None if "prompt" in raw.columns else _near_column("prompt", raw.columns)
+        hint = f" If {near!r} holds the prompts, rename it to 'prompt'." if near else ""
         raise DataError(
             f"data.source={source!r}: no usable pairs after cleaning ({len(raw)} rows read, "
-            f"dropped {dropped}). Check that replies are non-empty strings that differ."
+            f"dropped {dropped}). Check that the chosen and rejected replies are non-empty "
+            f"strings that differ and follow a '{ASSISTANT.strip()}' turn.{hint}"
         )
     return Pairs(frame, len(raw), dropped, source, fingerprint(frame))
 
@@ -313,6 +446,13 @@ def prepare(cfg: DataConfig) -> StudyData:
         is_evaluator = ~is_eval & (pos < cfg.heldout_fraction + cfg.evaluator_fraction)
         train_pool = pool.frame[~is_eval & ~is_evaluator]
         eval_frame, evaluator = pool.frame[is_eval], pool.frame[is_evaluator]
+    if cfg.sample_size > len(train_pool):
+        raise DataError(
+            f"data.sample_size={cfg.sample_size} but data.source={cfg.source!r} has only "
+            f"{len(train_pool)} valid training pairs ({len(pool.frame)} usable of {pool.n_raw} "
+            f"rows read, before the evaluation share is set aside); lower data.sample_size to "
+            f"at most {len(train_pool)} or add data."
+        )
     train = seeded_sample(train_pool.reset_index(drop=True), cfg.sample_size, cfg.sample_seed)
     # Prompts seen in training never serve as evaluation prompts.
     seen = set(train["prompt"])

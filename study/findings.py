@@ -168,6 +168,7 @@ def build_results(
         "metrics": metric_table(replies, n_boot),
         "claims": outcomes,
         "tests": tests or {},
+        "stability": run.get("stability"),
         "timings": run["timings"],
         "examples": examples(replies),
         "n_replies": len(replies),
@@ -302,6 +303,7 @@ def render(results: dict) -> str:
     out += _labeler_section(r)
     out += _evaluator_section(r)
     out += _metrics_section(r)
+    out += _stability_section(r)
     out += _deviations_section()
     out += _limitations_section(r)
     out += _provenance_section(r)
@@ -476,6 +478,32 @@ def _metrics_section(r: dict) -> list[str]:
             table.append([label] + cells)
         out += [_table(["metric"] + [f"`{a}`" for a in arms], table), ""]
     return out
+
+
+def _stability_section(r: dict) -> list[str]:
+    st = r.get("stability")
+    if not st:
+        return [
+            "## Stability across seeds",
+            "",
+            "This run used one training seed; rerun with `--seeds 2` to see which verdicts "
+            "survive a second seed.",
+            "",
+        ]
+    rows = [
+        [escape(c), ", ".join(v["verdicts"]), "yes" if v["is_agreed"] else "**no**"]
+        for c, v in st["cases"].items()
+    ]
+    n_agree = sum(v["is_agreed"] for v in st["cases"].values())
+    return [
+        "## Stability across seeds",
+        "",
+        f"Training and sampling repeated with {st['n_seeds']} seeds (same data); "
+        f"{n_agree} of {len(rows)} verdicts agree.",
+        "",
+        _table(["claim", "verdict per seed", "agree"], rows),
+        "",
+    ]
 
 
 def _deviations_section() -> list[str]:

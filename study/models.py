@@ -10,11 +10,11 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from study.store import build_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,6 @@ class ModelError(ValueError):
 def store_root() -> Path:
     """The artefact store: ``STUDY_STORE`` or ``.study-store`` in the working folder."""
     return Path(os.environ.get("STUDY_STORE", ".study-store")).resolve()
-
-
-def _atomic_dir(final: Path, build) -> Path:
-    """Build a folder under a temporary name and rename it into place only when complete."""
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished first; its copy is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 # -- the built-in SmolLM2 ---------------------------------------------------------------------
@@ -166,9 +148,9 @@ def resolve_model(spec: str, store: Path | None = None) -> Path:
     """Return a local folder with safetensors weights and a tokenizer for ``spec``."""
     store = store or store_root()
     if spec == BUILTIN_SMOLLM2:
-        return _atomic_dir(store / "models" / spec, _convert_smollm2)
+        return build_dir(store / "models" / spec, _convert_smollm2)[0]
     if spec == TINY:
-        return _atomic_dir(store / "models" / spec, _build_tiny)
+        return build_dir(store / "models" / spec, _build_tiny)[0]
     path = Path(spec).expanduser()
     if path.exists():
         if not list(path.glob("*.safetensors")):
@@ -177,7 +159,9 @@ def resolve_model(spec: str, store: Path | None = None) -> Path:
                 "from safetensors only. Convert the checkpoint with save_pretrained()."
             )
         return path
-    return _atomic_dir(store / "models" / spec.replace("/", "--"), lambda out: _download(spec, out))
+    return build_dir(store / "models" / spec.replace("/", "--"), lambda out: _download(spec, out))[
+        0
+    ]
 
 
 def load_tokenizer(path: Path):

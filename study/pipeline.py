@@ -376,6 +376,31 @@ def provenance(ctx: Context, base_hash: str) -> dict:
 STAGES = ("label", "train", "evaluate")
 
 
+def seed_variant(cfg: StudyConfig, index: int) -> StudyConfig:
+    """The configuration of repeat ``index``: training and sampling seeds shifted, same data."""
+    import dataclasses
+
+    if index == 0:
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        seed=cfg.seed + index,
+        train=dataclasses.replace(cfg.train, seed=cfg.train.seed + index),
+    )
+
+
+def stability(outcomes_per_seed: list[list[dict]]) -> dict:
+    """Each claim's verdict under every seed, and whether they agree."""
+    cases = {}
+    for outcomes in outcomes_per_seed:
+        for o in outcomes:
+            cases.setdefault(o["case"], []).append(o["verdict"])
+    return {
+        "n_seeds": len(outcomes_per_seed),
+        "cases": {c: {"verdicts": v, "is_agreed": len(set(v)) == 1} for c, v in cases.items()},
+    }
+
+
 def run_study(
     cfg: StudyConfig, store: Path | None = None, until: str = "evaluate", arms=None
 ) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -69,18 +70,34 @@ def _common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> d
     )
 
 
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes it last).
+
+    A checkpoint cut short by a killed process lacks it and is removed.
+    """
+    import json
+
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            found.append((int(path.name.rsplit("-", 1)[-1]), path))
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
 def _fit(trainer, checkpoints: Path) -> int | None:
-    """Train, resuming from the latest checkpoint of an interrupted run if there is one.
+    """Train, resuming from the latest complete checkpoint of an interrupted run if any.
 
     Returns the step resumed from, or None for a fresh start.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     if last:
         log.warning("resuming from %s after an interrupted run", last)
-    trainer.train(resume_from_checkpoint=last)
-    return int(last.rsplit("-", 1)[-1]) if last else None
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    return int(last.name.rsplit("-", 1)[-1]) if last else None
 
 
 def _summary(trainer, started: float, n_rows: int, n_tokens: int) -> dict:

@@ -54,6 +54,8 @@ def test_smoke_study_writes_complete_findings(tmp_path):
         assert c["test"]
     assert set(results["tests"]) == {f"test_claim[{k}]" for k in by_case}
     assert results["timings"]["total"] > 0 and "train/dpo-ai" in results["timings"]
+    assert results["stability"]["n_seeds"] == 2
+    assert set(results["stability"]["cases"]) == set(by_case)
     report = (out / "REPORT.md").read_text()
     assert "labeler-agreement" in report and "## Timings" in report
     n_lines = len((out / "responses.jsonl").read_text().splitlines())

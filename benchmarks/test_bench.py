@@ -1,0 +1,607 @@
+"""Our way against the notebook's way, measured side by side in one run (``make bench``).
+
+1. training throughput (tokens/s) and MFU of the SFT recipe;
+2. greedy generation of 48 scenario prompts, batched against one prompt at a time;
+3. scoring throughput (replies/s).
+
+Each test times our way with pytest-benchmark (one round: a run is long) and its baseline with
+``time.perf_counter`` in the same process, then records both, the ratio and the target for
+``findings/benchmarks.md`` (see ``conftest.py`` and ``report.py``).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import importlib.util
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+
+def _report_module():
+    """``report.py`` under the stable name the conftest registered it with."""
+    name = "benchmarks_report"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "report.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+report = _report_module()
+record = report.RESULTS.append
+
+pytestmark = pytest.mark.bench
+
+NOTEBOOK_BATCH = 4  # notebook: per_device_train_batch_size=4
+NOTEBOOK_MAX_LENGTH = 128  # notebook: tokenizer(..., padding=True, truncation=True, max_length=128)
+NOTEBOOK_MAP_BATCH = 1000  # datasets.map(batched=True) default batch_size: pad to its longest row
+NOTEBOOK_LR = 5e-5  # Trainer default, which the notebook kept
+
+TRAIN_TARGET = 2.5
+MFU_TARGET = 0.40
+GEN_TARGET = 8.0
+SCORE_TARGET = 1000.0
+
+
+# -- model FLOPs --------------------------------------------------------------------------------
+
+
+def matmul_flops_per_token(model) -> dict[str, float]:
+    """Model FLOPs per token of one training step, counted on every ``nn.Linear`` call.
+
+    One forward with hooks sees each linear layer (LoRA's A and B included, the tied LM head
+    included) with its input. Per token and per weight matrix W (|W| entries):
+
+    * forward: 2|W|;
+    * backward, gradient of the input: 2|W| only if that input requires a gradient (below the
+      lowest trainable weight nothing does, so the frozen lower blocks cost no backward);
+    * backward, gradient of the weight: 2|W| only if W is trained.
+
+    Full fine-tuning gives the usual 6N. Attention-score matmuls (QK^T, AV: about 3 % at 128
+    tokens) and element-wise work are not counted, so the MFU is slightly understated.
+    """
+    counts = {"forward": 0.0, "input_grad": 0.0, "weight_grad": 0.0}
+    handles = []
+
+    def hook(module, inputs, output):
+        n_tokens = inputs[0].numel() // inputs[0].shape[-1]
+        w = module.weight.numel()
+        counts["forward"] += 2 * w * n_tokens
+        if inputs[0].requires_grad:
+            counts["input_grad"] += 2 * w * n_tokens
+        if module.weight.requires_grad:
+            counts["weight_grad"] += 2 * w * n_tokens
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.train()
+    ids = torch.ones((1, 8), dtype=torch.long)
+    try:
+        with torch.enable_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_token = {k: v / ids.numel() for k, v in counts.items()}
+    per_token["total"] = sum(per_token.values())
+    return per_token
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+class _StepClock(TrainerCallback):
+    """Trainer callback: the time at the end of every optimizer step."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+
+class _CountingCollator:
+    """Wraps a collator and records each batch's real (attended) and padded token counts."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.real: list[int] = []
+        self.padded: list[int] = []
+
+    def __call__(self, rows):
+        batch = self.inner(rows)
+        mask = batch["attention_mask"]
+        self.real.append(int(mask.sum()))
+        self.padded.append(int(mask.numel()))
+        return batch
+
+
+def _timed_training(model, args, dataset, collator, warmup: int, steps: int) -> dict:
+    """Run ``warmup + steps`` optimizer steps with the Trainer; time and count the last steps."""
+    from transformers import Trainer
+
+    clock = _StepClock()
+    counter = _CountingCollator(collator)
+    # The dtype the LM head computes in inside the Trainer: proves autocast is (or is not) on.
+    head = model.get_output_embeddings()
+    dtypes: list[torch.dtype] = []
+    handle = head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=counter,
+        callbacks=[clock],
+    )
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    assert len(clock.ends) == warmup + steps, (len(clock.ends), warmup, steps)
+    seconds = clock.ends[-1] - clock.ends[warmup - 1]
+    real = sum(counter.real[warmup : warmup + steps])
+    padded = sum(counter.padded[warmup : warmup + steps])
+    return {
+        "seconds": seconds,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "tokens_per_s": real / seconds,
+        "padded_tokens_per_s": padded / seconds,
+        "steps": steps,
+        "matmul_dtype": str(dtypes[-1]).replace("torch.", "") if dtypes else "unknown",
+    }
+
+
+def _common_trainer_args(out, **changes) -> dict:
+    args = dict(
+        output_dir=str(out),
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=42,
+        data_seed=42,
+        # Both recipes read their rows in the same order, so both measure the same rows.
+        train_sampling_strategy="sequential",
+    )
+    args.update(changes)
+    return args
+
+
+def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
+    """The study's SFT recipe: sft_example rows, PadCollator, bf16 autocast, LoRA on top blocks."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from study import training
+    from study.models import load_model, load_tokenizer
+    from study.preprocess import PadCollator, sft_example
+
+    tok = load_tokenizer(model_path)
+    examples = [
+        sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
+        for p, r in zip(rows["prompt"], rows["chosen"])
+    ]
+    model = load_model(model_path)
+    if cfg.train.use_lora:
+        model = training._lora(model, cfg)
+    model.train()
+    flops = matmul_flops_per_token(model)
+    args = training._common_args(cfg, out, cfg.train.learning_rate)
+    args = _common_trainer_args(out, **{**args, "max_steps": warmup + steps, "disable_tqdm": True})
+    got = _timed_training(
+        model,
+        TrainingArguments(**args),
+        Dataset.from_list(examples),
+        PadCollator(tok.pad_token_id),
+        warmup,
+        steps,
+    )
+    got["flops_per_token"] = flops
+    got["batch_size"] = cfg.train.batch_size
+    got["precision"] = "bf16" if args["bf16"] else "fp32"
+    got["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_layers = model.config.num_hidden_layers
+    got["frozen_blocks"] = n_layers - min(n_layers, cfg.train.lora_top_layers or n_layers)
+    return got
+
+
+def notebook_dataset(tokenizer, rows):
+    """The notebook's tokenisation: prompt + reply, one 1,000-row map batch padded to its longest
+    row (truncated to 128), labels = input_ids with nothing masked."""
+    from datasets import Dataset
+
+    def tokenize(batch):
+        enc = tokenizer(
+            batch["text"], padding=True, truncation=True, max_length=NOTEBOOK_MAX_LENGTH
+        )
+        enc["labels"] = [list(ids) for ids in enc["input_ids"]]
+        return dict(enc)
+
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    texts = [p + c for p, c in zip(rows["prompt"], rows["chosen"])]
+    return Dataset.from_dict({"text": texts}).map(
+        tokenize, batched=True, batch_size=NOTEBOOK_MAP_BATCH, remove_columns=["text"]
+    )
+
+
+def _notebook_training(model_path, rows, picked: list[int], warmup: int, steps: int, out) -> dict:
+    """The notebook's recipe: fp32, batch 4, full fine-tuning, Trainer's default collator."""
+    from transformers import AutoTokenizer, TrainingArguments, default_data_collator
+
+    from study.models import load_model
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # notebook: tokenizer.pad_token = tokenizer.eos_token
+    tok.padding_side = "right"
+    dataset = notebook_dataset(tok, rows)  # all rows in one map batch, as the notebook did
+    padded_to = len(dataset[0]["input_ids"])
+    dataset = dataset.select(picked)
+    model = load_model(model_path)  # fp32, every weight trained
+    model.train()
+    flops = matmul_flops_per_token(model)
+    args = _common_trainer_args(
+        out,
+        per_device_train_batch_size=NOTEBOOK_BATCH,
+        learning_rate=NOTEBOOK_LR,
+        max_steps=warmup + steps,
+        bf16=False,
+        logging_steps=10,
+    )
+    got = _timed_training(
+        model, TrainingArguments(**args), dataset, default_data_collator, warmup, steps
+    )
+    got["flops_per_token"] = flops
+    got["batch_size"] = NOTEBOOK_BATCH
+    got["precision"] = "fp32"
+    got["padded_to"] = padded_to
+    got["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return got
+
+
+def test_training_throughput(
+    benchmark, model_path, cpu_config, study_data, sizes, bf16_matmul_rate, tmp_path
+):
+    cfg = cpu_config
+    rows = study_data.train  # the 1,000 training rows of the cpu profile
+    batch = cfg.train.batch_size
+    warmup, steps = sizes.train_warmup_steps, sizes.train_steps
+    n_measured = steps * batch
+    assert n_measured % NOTEBOOK_BATCH == 0
+    ours_rows = rows.iloc[: warmup * batch + n_measured]
+    # The notebook's measured steps read exactly the rows of ours: its warm-up takes the first
+    # rows, then the same measured rows follow (twice as many steps at batch 4).
+    picked = list(range(warmup * NOTEBOOK_BATCH)) + list(
+        range(warmup * batch, warmup * batch + n_measured)
+    )
+    base_steps = n_measured // NOTEBOOK_BATCH
+
+    ours = benchmark.pedantic(
+        _our_training,
+        args=(model_path, cfg, ours_rows, warmup, steps, tmp_path / "ours"),
+        rounds=1,
+        iterations=1,
+    )
+    gc.collect()
+    base = _notebook_training(model_path, rows, picked, warmup, base_steps, tmp_path / "notebook")
+    gc.collect()
+
+    ratio = ours["tokens_per_s"] / base["tokens_per_s"]
+    peak = bf16_matmul_rate
+    mfu = ours["flops_per_token"]["total"] * ours["tokens_per_s"] / peak
+    mfu_padded = ours["flops_per_token"]["total"] * ours["padded_tokens_per_s"] / peak
+    base_mfu = base["flops_per_token"]["total"] * base["tokens_per_s"] / peak
+    base_mfu_padded = base["flops_per_token"]["total"] * base["padded_tokens_per_s"] / peak
+    benchmark.extra_info.update(
+        ours_tokens_per_s=ours["tokens_per_s"],
+        notebook_tokens_per_s=base["tokens_per_s"],
+        ratio=ratio,
+        mfu=mfu,
+        bf16_matmul_flops=peak,
+    )
+    print(
+        f"\ntraining: ours {ours['tokens_per_s']:.1f} tok/s, notebook "
+        f"{base['tokens_per_s']:.1f} tok/s, ratio {ratio:.2f}x; MFU ours {mfu:.1%}, "
+        f"notebook {base_mfu:.1%} (bf16 matmul {peak / 1e9:.1f} GFLOP/s)"
+    )
+
+    def fl(d):
+        f = d["flops_per_token"]
+        return (
+            f"{f['total'] / 1e6:.1f} MFLOP/token (forward {f['forward'] / 1e6:.1f} + input "
+            f"gradients {f['input_grad'] / 1e6:.1f} + weight gradients "
+            f"{f['weight_grad'] / 1e6:.1f})"
+        )
+
+    notes_train = [
+        f"- Rows: the cpu profile's training rows (prompt + chosen reply). Ours: "
+        f"{warmup} warm-up + {steps} timed optimizer steps at batch {batch}; the notebook: "
+        f"{warmup} warm-up + {base_steps} timed steps at batch {NOTEBOOK_BATCH}, so both timed "
+        f"windows read the same {n_measured} rows. Timed from the end of the last warm-up step "
+        "to the end of the last step (data loading, forward, backward, optimizer), inside the "
+        "HF Trainer each recipe uses.",
+        "- Tokens/s counts real (attended) tokens. Padded tokens/s (what the CPU computes): "
+        f"ours {ours['padded_tokens_per_s']:.1f}, notebook {base['padded_tokens_per_s']:.1f}. "
+        f"Real / padded tokens: ours {ours['real_tokens']} / {ours['padded_tokens']}, notebook "
+        f"{base['real_tokens']} / {base['padded_tokens']} (every notebook row padded to "
+        f"{base['padded_to']}, the longest of its 1,000-row map batch).",
+        f"- LM-head output dtype inside the Trainer: ours {ours['matmul_dtype']}, notebook "
+        f"{base['matmul_dtype']}.",
+        f"- Ours: {ours['precision']} autocast, LoRA ({ours['trainable']:,} trained "
+        f"parameters), {fl(ours)}. Notebook: fp32, full fine-tuning ({base['trainable']:,} "
+        f"trained parameters), {fl(base)}.",
+    ]
+    notes_mfu = [
+        "- MFU = model FLOPs per token x real tokens/s / the bf16 matmul rate measured in this "
+        f"run ({sizes.matmul_n}x{sizes.matmul_n} bf16 `torch.mm` loop, best of 3: "
+        f"{peak / 1e9:.1f} GFLOP/s).",
+        "- Model FLOPs per token are counted on every linear layer's call (LoRA A/B and the "
+        "tied LM head included): forward 2|W|, plus 2|W| for the input gradient only where that "
+        "input requires a gradient (nothing below the lowest LoRA block does, so the "
+        f"{ours['frozen_blocks']} frozen lower blocks cost no backward), plus 2|W| for the "
+        "weight gradient only where W is trained. Full fine-tuning gives 6N. Attention-score "
+        "matmuls are not counted.",
+        f"- Counting padded tokens too (hardware FLOP utilisation): ours {mfu_padded:.1%}, "
+        f"notebook {base_mfu_padded:.1%}. The notebook's MFU on real tokens, against the same "
+        f"bf16 rate: {base_mfu:.1%}.",
+    ]
+    record(
+        report.Result(
+            "training throughput (SFT)",
+            "tokens/s",
+            ours["tokens_per_s"],
+            base["tokens_per_s"],
+            ratio,
+            f">= {TRAIN_TARGET}x",
+            ratio >= TRAIN_TARGET,
+            notes_train,
+        )
+    )
+    record(
+        report.Result(
+            "training MFU (ours, real tokens)",
+            "%",
+            100 * mfu,
+            100 * base_mfu,
+            None,
+            f">= {MFU_TARGET:.0%}",
+            mfu >= MFU_TARGET,
+            notes_mfu,
+        )
+    )
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def notebook_generate(model, tokenizer, texts: list[str], decoding) -> list[dict]:
+    """The notebook's loop: one prompt at a time, ``model.generate`` greedy, no batching."""
+    from study.generation import cut_reply
+
+    eos = tokenizer.eos_token_id
+    out = []
+    for text in texts:
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=decoding.max_new_tokens,
+                repetition_penalty=decoding.repetition_penalty,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+            )
+        row = ids[0, enc["input_ids"].shape[1] :].tolist()
+        is_eos = eos in row
+        tokens = row[: row.index(eos)] if is_eos else row
+        reply = cut_reply(tokenizer.decode(tokens, skip_special_tokens=True))
+        out.append({"reply": reply, "n_tokens": len(tokens), "is_eos": is_eos})
+    return out
+
+
+def _same(a: list[dict], b: list[dict]) -> int:
+    return sum(x["reply"] == y["reply"] and x["n_tokens"] == y["n_tokens"] for x, y in zip(a, b))
+
+
+def test_generation_batched(benchmark, model_path, cpu_config, sizes):
+    from study import generation, models
+    from study.prompts import scenario_prompts
+
+    prompts = scenario_prompts(sizes.gen_per_scenario)
+    decoding = cpu_config.eval.q2  # the scenario prompts' decoding (notebook Q2)
+    if sizes.gen_max_new_tokens:
+        decoding = type(decoding)(
+            **{**decoding.__dict__, "max_new_tokens": sizes.gen_max_new_tokens}
+        )
+    batch_size = len(prompts)  # 48: one batch, sorted by length (the cpu profile's batch size)
+    reqs = [generation.Request(p.id, p.text, 0, 0) for p in prompts]
+    texts = [p.text for p in prompts]
+    tok = models.load_tokenizer(model_path)
+    model = models.load_model(model_path)  # fp32 weights, as the pipeline loads them
+
+    def ours(precision: str):
+        ctx = models.autocast("cpu", precision)
+        return generation.generate(
+            model, tok, reqs, decoding, greedy=True, batch_size=batch_size, autocast=ctx
+        )
+
+    # warm-up of both paths (first-call allocations, kernel selection)
+    short = type(decoding)(**{**decoding.__dict__, "max_new_tokens": 2})
+    generation.generate(
+        model,
+        tok,
+        reqs[:4],
+        short,
+        greedy=True,
+        batch_size=4,
+        autocast=models.autocast("cpu", "bf16"),
+    )
+    notebook_generate(model, tok, texts[:1], short)
+
+    timing = {}
+
+    def timed_ours():
+        t = time.perf_counter()
+        got = ours("bf16")
+        timing["ours"] = time.perf_counter() - t
+        return got
+
+    got_bf16 = benchmark.pedantic(timed_ours, rounds=1, iterations=1)
+    t = time.perf_counter()
+    got_base = notebook_generate(model, tok, texts, decoding)
+    timing["notebook"] = time.perf_counter() - t
+    t = time.perf_counter()
+    got_fp32 = ours("fp32")
+    timing["ours_fp32"] = time.perf_counter() - t
+
+    n = len(prompts)
+    ratio = timing["notebook"] / timing["ours"]
+    ratio_fp32 = timing["notebook"] / timing["ours_fp32"]
+    same_bf16, same_fp32 = _same(got_bf16, got_base), _same(got_fp32, got_base)
+    new_tokens = {
+        "ours": sum(g["n_tokens"] for g in got_bf16),
+        "notebook": sum(g["n_tokens"] for g in got_base),
+    }
+    benchmark.extra_info.update(
+        ours_s=timing["ours"], notebook_s=timing["notebook"], ratio=ratio, same_bf16=same_bf16
+    )
+    print(
+        f"\ngeneration: ours {timing['ours']:.1f}s, notebook {timing['notebook']:.1f}s, ratio "
+        f"{ratio:.2f}x; identical greedy replies bf16 {same_bf16}/{n}, fp32 {same_fp32}/{n}"
+    )
+    notes = [
+        f"- {n} scenario prompts (`scenario_prompts({sizes.gen_per_scenario})`), greedy, "
+        f"max_new_tokens {decoding.max_new_tokens}, repetition penalty "
+        f"{decoding.repetition_penalty} (the scenario prompts' decoding), the same fp32 model.",
+        f"- Ours: `study.generation.generate`, one batch of {batch_size} sorted by length, bf16 "
+        f"autocast: {timing['ours']:.2f} s ({new_tokens['ours']} new tokens). The notebook: "
+        f"`model.generate` one prompt at a time, fp32: {timing['notebook']:.2f} s "
+        f"({new_tokens['notebook']} new tokens).",
+        f"- Identical greedy replies (text and token count): bf16 batched vs notebook "
+        f"{same_bf16}/{n}; fp32 batched vs notebook {same_fp32}/{n}. Our batched greedy in fp32 "
+        f"took {timing['ours_fp32']:.2f} s ({ratio_fp32:.2f}x the notebook's speed).",
+    ]
+    if same_fp32 < n:
+        notes.append(
+            "- Replies that differ even in fp32 differ by left padding in the batch: the padded "
+            "matmuls sum in another order, and near-ties of the greedy argmax can flip."
+        )
+    record(
+        report.Result(
+            f"greedy generation ({n} prompts)",
+            "prompts/s",
+            n / timing["ours"],
+            n / timing["notebook"],
+            ratio,
+            f">= {GEN_TARGET:g}x",
+            ratio >= GEN_TARGET,
+            notes,
+        )
+    )
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def _component_times(replies: list[str]) -> list[tuple[str, float]]:
+    from study import scoring
+
+    parts = [
+        ("polarity (TextBlob)", lambda: [scoring.polarity(t) for t in replies]),
+        ("vader", lambda: [scoring.vader(t) for t in replies]),
+        ("offensive (profanity-check)", lambda: scoring.offensive(replies)),
+        (
+            "keyword rules",
+            lambda: [
+                (scoring.seed_harmless(t), scoring.seed_helpful(t), scoring.harmless_word(t))
+                for t in replies
+            ],
+        ),
+    ]
+    out = []
+    for name, fn in parts:
+        t = time.perf_counter()
+        fn()
+        out.append((name, time.perf_counter() - t))
+    return out
+
+
+def _profile(replies: list[str], top: int = 12) -> str:
+    from study import scoring
+
+    prof = cProfile.Profile()
+    prof.enable()
+    scoring.score_replies(replies)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def test_scoring_throughput(benchmark, cpu_config, sizes):
+    from study import data, scoring
+
+    pool = data.load_pairs(cpu_config.data.source).frame
+    n = min(sizes.score_replies, len(pool))
+    replies = data.seeded_sample(pool, n, 42)["chosen"].tolist()
+    scoring.score_replies(replies[:20])  # warm-up: loads the lexicons and the classifier
+
+    timing = {}
+
+    def timed():
+        t = time.perf_counter()
+        out = scoring.score_replies(replies)
+        timing["s"] = time.perf_counter() - t
+        return out
+
+    scores = benchmark.pedantic(timed, rounds=1, iterations=1)
+    assert len(scores) == n
+    rate = n / timing["s"]
+    benchmark.extra_info.update(replies_per_s=rate)
+    print(f"\nscoring: {rate:.0f} replies/s on {n} replies")
+    parts = _component_times(replies)
+    total = sum(s for _, s in parts)
+    notes = [
+        f"- `study.scoring.score_replies` on {n} real chosen replies (seeded sample of the "
+        f"HH-RLHF pairs), after a 20-reply warm-up: {timing['s']:.2f} s.",
+        "- Time by component (each run alone on the same replies): "
+        + "; ".join(f"{name} {s:.2f} s ({s / total:.0%})" for name, s in parts)
+        + ".",
+    ]
+    if rate < SCORE_TARGET:
+        profile = _profile(replies)
+        notes += ["", "Below target; cProfile of one call (cumulative time):", "", "```"]
+        notes += [line for line in profile.splitlines() if line.strip()][:40]
+        notes += ["```"]
+    record(
+        report.Result(
+            f"scoring ({n} replies)",
+            "replies/s",
+            rate,
+            None,
+            None,
+            f">= {SCORE_TARGET:,.0f} replies/s",
+            rate >= SCORE_TARGET,
+            notes,
+        )
+    )
