@@ -25,7 +25,7 @@ from study import generation, labeler, models, prompts, scoring
 from study.config import StudyConfig, config_hash, to_dict
 from study.evaluator import accuracy, load_reward_model, rewards, train_reward_model
 from study.store import build_dir, cached_json, read_json, write_json
-from study.training import SFT_REPLY, load_arm, train_dpo, train_sft
+from study.training import SFT_REPLY, load_arm, train_dpo, train_sft, world_size
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,30 @@ def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
     return labels
 
 
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _build_distributed(final: Path, build) -> tuple[Path, bool]:
+    """Every process trains; the main process alone writes and renames the artefact."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if final.exists():
+        return final, False
+    tmp = final.parent / f".{final.name}.partial-ddp"
+    if state.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    state.wait_for_everyone()
+    build(tmp)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        os.rename(tmp, final)
+    state.wait_for_everyone()
+    return final, True
+
+
 def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labels) -> dict:
     """Train one arm into the store unless an arm with the same key is already there."""
     final = ctx.store / "arms" / f"{arm}-{key}"
@@ -153,13 +177,18 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             if arm == "dpo-ai":
                 prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
             summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints)
-        summary.update(arm=arm, key=key, config=to_dict(ctx.cfg))
-        write_json(tmp / "study_arm.json", summary)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        summary.update(arm=arm, key=key, config=to_dict(ctx.cfg), n_processes=world_size())
+        if is_main_process():
+            write_json(tmp / "study_arm.json", summary)
+            shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
     with ctx.timer.stage(f"train/{arm}"):
-        path, is_new = build_dir(final, build)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+        if world_size() > 1:
+            path, is_new = _build_distributed(final, build)
+        else:
+            path, is_new = build_dir(final, build)
+    if is_main_process():
+        shutil.rmtree(checkpoints, ignore_errors=True)
     summary = read_json(path / "study_arm.json")
     summary["is_cached"] = not is_new
     summary["path"] = str(path)

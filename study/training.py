@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -41,13 +42,31 @@ def _lora(model, cfg: StudyConfig):
     return get_peft_model(model, lora)
 
 
+def world_size() -> int:
+    """Number of training processes (``accelerate launch`` / torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(cfg: StudyConfig) -> int:
+    """Split the global batch over the processes so that the global batch is unchanged."""
+    n = world_size()
+    if cfg.train.batch_size % n:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} cannot be split over {n} processes; "
+            "choose a batch size divisible by the number of processes."
+        )
+    return cfg.train.batch_size // n
+
+
 def _common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> dict:
     device = choose_device(cfg.model.device)
     precision = choose_precision(device, cfg.model.precision)
     every = cfg.train.checkpoint_steps
     return dict(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=cfg.train.batch_size,
+        per_device_train_batch_size=per_device_batch(cfg),
+        average_tokens_across_devices=True,
+        ddp_find_unused_parameters=False,
         num_train_epochs=cfg.train.epochs,
         learning_rate=learning_rate,
         weight_decay=cfg.train.weight_decay,
@@ -116,10 +135,34 @@ def _summary(trainer, started: float, n_rows: int, n_tokens: int) -> dict:
     }
 
 
-def _save(model, tokenizer, out: Path) -> None:
-    """Save adapters when LoRA was used (small), else the whole model; safetensors either way."""
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+def _save(trainer, tokenizer, out: Path) -> None:
+    """Save adapters when LoRA was used (small), else the whole model; main process only."""
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+
+class CountingCollator:
+    """Wraps a collator and counts the rows this process was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.n_rows = 0
+
+    def __call__(self, rows):
+        self.n_rows += len(rows)
+        return self.inner(rows)
+
+
+def rows_per_process(n_rows: int) -> list[int]:
+    """Rows each training process saw, gathered from all of them."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [n_rows]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, n_rows)
+    return out
 
 
 def train_sft(
@@ -156,17 +199,19 @@ def train_sft(
         model = _lora(model, cfg)
     model.train()
     args = TrainingArguments(**_common_args(cfg, checkpoints, cfg.train.learning_rate))
+    collator = CountingCollator(PadCollator(tok.pad_token_id))
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
-        data_collator=PadCollator(tok.pad_token_id),
+        data_collator=collator,
     )
     started = time.perf_counter()
     resumed = _fit(trainer, checkpoints)
     summary = _summary(trainer, started, len(examples), int(n_tokens * cfg.train.epochs))
     summary["resumed_from_step"] = resumed
-    _save(trainer.model, tok, out)
+    summary["rows_per_process"] = rows_per_process(collator.n_rows)
+    _save(trainer, tok, out)
     return summary
 
 
@@ -244,7 +289,7 @@ def train_dpo(
     summary["resumed_from_step"] = resumed
     summary["n_flipped"] = 0 if prefer_first is None else int((~prefer_first.astype(bool)).sum())
     tok.padding_side = "left"
-    _save(trainer.model, tok, out)
+    _save(trainer, tok, out)
     return summary
 
 
