@@ -50,10 +50,9 @@ def _fit(tok, prompt: str, reply: str, cfg: StudyConfig) -> tuple[str, str]:
 def train_reward_model(base: Path, pairs: pd.DataFrame, cfg: StudyConfig, out: Path) -> dict:
     """Train the reward model on human-labelled ``pairs`` and save it (LoRA + score head)."""
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import RewardConfig, RewardTrainer
 
-    from study.models import choose_device, choose_precision
+    from study.training import common_args, lora_config
 
     model, tok = _load_classifier(base)
     tok.padding_side = "right"
@@ -62,32 +61,14 @@ def train_reward_model(base: Path, pairs: pd.DataFrame, cfg: StudyConfig, out: P
         prompt, chosen = _fit(tok, p, c, cfg)
         _, rejected = _fit(tok, p, r, cfg)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-    device = choose_device(cfg.model.device)
-    precision = choose_precision(device, cfg.model.precision)
     args = RewardConfig(
-        output_dir=str(out / "trainer"),
-        per_device_train_batch_size=cfg.train.batch_size,
-        num_train_epochs=cfg.evaluator.epochs,
-        learning_rate=cfg.evaluator.learning_rate,
+        **{
+            **common_args(cfg, out / "trainer", cfg.evaluator.learning_rate),
+            "num_train_epochs": cfg.evaluator.epochs,
+        },
         max_length=cfg.evaluator.max_length + 16,  # slack for tokenisation at the seam
-        seed=cfg.train.seed,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=cfg.train.logging_steps,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=device == "cpu",
     )
-    n_layers = model.config.num_hidden_layers
-    top = cfg.train.lora_top_layers
-    lora = LoraConfig(
-        r=cfg.train.lora_r,
-        lora_alpha=cfg.train.lora_alpha,
-        target_modules="all-linear",
-        layers_to_transform=list(range(max(0, n_layers - top), n_layers)) if top else None,
-        modules_to_save=["score"],
-        task_type="SEQ_CLS",
-    )
+    lora = lora_config(model, cfg, task_type="SEQ_CLS", modules_to_save=["score"])
     trainer = RewardTrainer(
         model=model,
         args=args,

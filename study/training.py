@@ -22,24 +22,30 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 GPT_NEO_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"]
 
 
-def _lora(model, cfg: StudyConfig):
-    """Wrap ``model`` in LoRA adapters the same way for every arm."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(model, cfg: StudyConfig, task_type: str = "CAUSAL_LM", modules_to_save=None):
+    """LoRA adapters on every linear layer of the top ``train.lora_top_layers`` blocks."""
+    from peft import LoraConfig
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     targets = [t for t in LORA_TARGETS + GPT_NEO_TARGETS if t in names]
     n_layers = model.config.num_hidden_layers
     top = cfg.train.lora_top_layers
-    layers = list(range(max(0, n_layers - top), n_layers)) if top else None
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.train.lora_r,
         lora_alpha=cfg.train.lora_alpha,
         target_modules=targets,
-        layers_to_transform=layers,
+        layers_to_transform=list(range(max(0, n_layers - top), n_layers)) if top else None,
         lora_dropout=0.0,
-        task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save,
+        task_type=task_type,
     )
-    return get_peft_model(model, lora)
+
+
+def _lora(model, cfg: StudyConfig):
+    """Wrap ``model`` in LoRA adapters the same way for every arm."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, cfg))
 
 
 def world_size() -> int:
@@ -58,7 +64,7 @@ def per_device_batch(cfg: StudyConfig) -> int:
     return cfg.train.batch_size // n
 
 
-def _common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> dict:
+def common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> dict:
     device = choose_device(cfg.model.device)
     precision = choose_precision(device, cfg.model.precision)
     every = cfg.train.checkpoint_steps
@@ -198,7 +204,7 @@ def train_sft(
     if cfg.train.use_lora:
         model = _lora(model, cfg)
     model.train()
-    args = TrainingArguments(**_common_args(cfg, checkpoints, cfg.train.learning_rate))
+    args = TrainingArguments(**common_args(cfg, checkpoints, cfg.train.learning_rate))
     collator = CountingCollator(PadCollator(tok.pad_token_id))
     trainer = Trainer(
         model=model,
@@ -266,7 +272,7 @@ def train_dpo(
         model = _lora(model, cfg)
     model.train()
     args = DPOConfig(
-        **_common_args(cfg, checkpoints, cfg.dpo.learning_rate),
+        **common_args(cfg, checkpoints, cfg.dpo.learning_rate),
         beta=cfg.dpo.beta,
         max_length=cfg.train.max_length,
         precompute_ref_log_probs=True,
