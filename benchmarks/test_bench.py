@@ -164,21 +164,36 @@ def _timed_training(model, args, dataset, collator, warmup: int, steps: int) -> 
     }
 
 
-def _common_trainer_args(out, **changes) -> dict:
-    args = dict(
+# What the benchmark sets on top of either recipe: a fixed number of steps, no checkpoints or
+# progress bars, and the same row order for both recipes so that both time the same rows.
+def _bench_overrides(out, max_steps: int) -> dict:
+    return dict(
         output_dir=str(out),
+        max_steps=max_steps,
         report_to="none",
         save_strategy="no",
-        use_cpu=True,
-        dataloader_num_workers=0,
         disable_tqdm=True,
-        seed=42,
-        data_seed=42,
-        # Both recipes read their rows in the same order, so both measure the same rows.
         train_sampling_strategy="sequential",
     )
-    args.update(changes)
-    return args
+
+
+def _study_trainer_args(cfg, out) -> dict:
+    """The study's own TrainingArguments (public ``common_args``, formerly ``_common_args``)."""
+    from study import training
+
+    make = getattr(training, "common_args", None) or training._common_args
+    return make(cfg, out, cfg.train.learning_rate)
+
+
+def _study_lora(model, cfg):
+    """The study's LoRA wrapping (``training._lora``, else ``lora_config`` + peft)."""
+    from study import training
+
+    if hasattr(training, "_lora"):
+        return training._lora(model, cfg)
+    from peft import get_peft_model
+
+    return get_peft_model(model, training.lora_config(model, cfg))
 
 
 def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
@@ -186,7 +201,6 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from study import training
     from study.models import load_model, load_tokenizer
     from study.preprocess import PadCollator, sft_example
 
@@ -197,11 +211,10 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
     ]
     model = load_model(model_path)
     if cfg.train.use_lora:
-        model = training._lora(model, cfg)
+        model = _study_lora(model, cfg)
     model.train()
     flops = matmul_flops_per_token(model)
-    args = training._common_args(cfg, out, cfg.train.learning_rate)
-    args = _common_trainer_args(out, **{**args, "max_steps": warmup + steps, "disable_tqdm": True})
+    args = {**_study_trainer_args(cfg, out), **_bench_overrides(out, warmup + steps)}
     got = _timed_training(
         model,
         TrainingArguments(**args),
@@ -256,13 +269,16 @@ def _notebook_training(model_path, rows, picked: list[int], warmup: int, steps: 
     model = load_model(model_path)  # fp32, every weight trained
     model.train()
     flops = matmul_flops_per_token(model)
-    args = _common_trainer_args(
-        out,
+    args = dict(  # the notebook's Trainer: defaults but for these
         per_device_train_batch_size=NOTEBOOK_BATCH,
         learning_rate=NOTEBOOK_LR,
-        max_steps=warmup + steps,
-        bf16=False,
         logging_steps=10,
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
+        seed=42,
+        data_seed=42,
+        **_bench_overrides(out, warmup + steps),
     )
     got = _timed_training(
         model, TrainingArguments(**args), dataset, default_data_collator, warmup, steps
@@ -273,6 +289,60 @@ def _notebook_training(model_path, rows, picked: list[int], warmup: int, steps: 
     got["padded_to"] = padded_to
     got["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return got
+
+
+def profile_our_step(model_path, cfg, rows, top: int = 8) -> list[str]:
+    """Where one training step of our recipe spends its time (torch.profiler, self CPU time).
+
+    The step is the Trainer's: forward under bf16 autocast, backward, AdamW on the LoRA weights,
+    on one batch of ``rows`` padded by the study's collator.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from study.models import load_model, load_tokenizer
+    from study.preprocess import PadCollator, sft_example
+
+    tok = load_tokenizer(model_path)
+    batch = PadCollator(tok.pad_token_id)(
+        [
+            sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
+            for p, r in zip(rows["prompt"], rows["chosen"])
+        ]
+    )
+    model = _study_lora(load_model(model_path), cfg)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    groups = {
+        "matmuls (aten::mm/addmm/bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+        "attention (scaled_dot_product, forward + backward)": ("scaled_dot_product",),
+        "dtype casts and copies (aten::copy_, aten::_to_copy)": ("aten::copy_", "aten::_to_copy"),
+        "log-softmax over the vocabulary (loss)": ("log_softmax",),
+    }
+    lines = [
+        f"- One step of our recipe, profiled (batch {batch['input_ids'].shape[0]} x "
+        f"{batch['input_ids'].shape[1]} tokens; self CPU time {total / 1e6:.2f} s):"
+    ]
+    for name, keys in groups.items():
+        t = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
+        lines.append(f"  - {name}: {t / total:.0%}")
+    lines.append(
+        "  - top ops: "
+        + ", ".join(f"`{e.key}` {e.self_cpu_time_total / total:.0%}" for e in events[:top])
+    )
+    return lines
 
 
 def test_training_throughput(
@@ -373,6 +443,12 @@ def test_training_throughput(
             notes_train,
         )
     )
+    if mfu < MFU_TARGET:
+        notes_mfu += ["", "Below target; where our step's time goes:", ""]
+        notes_mfu += profile_our_step(
+            model_path, cfg, rows.iloc[warmup * batch : (warmup + 1) * batch]
+        )
+        gc.collect()
     record(
         report.Result(
             "training MFU (ours, real tokens)",
