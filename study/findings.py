@@ -89,6 +89,8 @@ def metric_table(replies: pd.DataFrame, n_boot: int) -> list[dict]:
             rows = part[part["arm"] == arm]
             for metric, _ in METRICS:
                 table = rows.pivot_table(index="prompt_id", columns="sample", values=metric)
+                if table.empty:  # a score not computed for this group (reward outside q1+heldout)
+                    continue
                 mean, low, high, n, k = stats.mean_ci(table.to_numpy(float), n_resamples=n_boot)
                 out.append(
                     {
@@ -118,6 +120,15 @@ def labeler_quality(labels) -> dict | None:
         b_low, b_high = stats.proportion_ci(int(bias.sum()), len(bias))
         confidence = np.abs(pref - 0.5) * 2
         hist, edges = np.histogram(confidence, bins=5, range=(0, 1))
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, len(hist) - 1)
+        calibration = {
+            f"{edges[i]:.1f}-{edges[i + 1]:.1f}": (
+                {"n": int((which == i).sum()), "agreement": float((pref[which == i] > 0.5).mean())}
+                if (which == i).any()
+                else {"n": 0, "agreement": None}
+            )
+            for i in range(len(hist))
+        }
         out[name] = {
             "n": len(pref),
             "agreement": agree / len(pref) if len(pref) else None,
@@ -128,6 +139,7 @@ def labeler_quality(labels) -> dict | None:
                 f"{edges[i]:.1f}-{edges[i + 1]:.1f}": int(hist[i]) for i in range(len(hist))
             },
             "mean_confidence": float(confidence.mean()) if len(confidence) else None,
+            "calibration": calibration,
         }
     return out
 
@@ -411,6 +423,12 @@ def _labeler_section(r: dict) -> list[str]:
                 f"[{_f(s['position_bias_ci'][0])}, {_f(s['position_bias_ci'][1])}]",
                 _f(s["mean_confidence"]),
                 escape(json.dumps(s["confidence_hist"])),
+                escape(
+                    ", ".join(
+                        f"{b}: {_f(c['agreement'], 2)} (n={c['n']})"
+                        for b, c in s.get("calibration", {}).items()
+                    )
+                ),
             ]
         )
     return [
@@ -428,7 +446,8 @@ def _labeler_section(r: dict) -> list[str]:
                 "agreement [95 % CI]",
                 "position bias [95 % CI]",
                 "mean confidence",
-                "confidence histogram (|2p−1|)",
+                "confidence histogram, abs(2p − 1)",
+                "agreement by confidence",
             ],
             rows,
         ),
@@ -473,9 +492,14 @@ def _metrics_section(r: dict) -> list[str]:
         for metric, label in METRICS:
             cells = []
             for arm in arms:
-                m = next(x for x in rows if x["arm"] == arm and x["metric"] == metric)
-                cells.append(f"{_f(m['mean'], 2)} [{_f(m['ci_low'], 2)}, {_f(m['ci_high'], 2)}]")
-            table.append([label] + cells)
+                m = next((x for x in rows if x["arm"] == arm and x["metric"] == metric), None)
+                cells.append(
+                    "–"
+                    if m is None
+                    else f"{_f(m['mean'], 2)} [{_f(m['ci_low'], 2)}, {_f(m['ci_high'], 2)}]"
+                )
+            if set(cells) != {"–"}:
+                table.append([label] + cells)
         out += [_table(["metric"] + [f"`{a}`" for a in arms], table), ""]
     return out
 
