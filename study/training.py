@@ -90,6 +90,9 @@ def common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> di
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         dataloader_num_workers=0,
+        # TRL turns this on by default; with frozen lower blocks it only makes every step
+        # recompute activations and send gradients through the whole model.
+        gradient_checkpointing=False,
         remove_unused_columns=False,
         disable_tqdm=False,
     )
@@ -276,6 +279,7 @@ def train_dpo(
         beta=cfg.dpo.beta,
         max_length=cfg.train.max_length,
         precompute_ref_log_probs=True,
+        precompute_ref_batch_size=4 * per_device_batch(cfg),
     )
     trainer = DPOTrainer(
         model=model,
