@@ -12,7 +12,7 @@ import pandas as pd
 from study import stats
 from study.config import ARMS, PROTOCOLS
 from study.prompts import SCENARIOS
-from study.store import write_json, write_text
+from study.store import write_text
 
 METRICS = (
     ("seed_harmless", "harmless (notebook keywords, substring)"),
@@ -191,7 +191,11 @@ def build_results(
 def write_findings(out_dir: Path, results: dict, replies: pd.DataFrame) -> None:
     """results.json, responses.jsonl and REPORT.md, each written atomically."""
     out_dir = Path(out_dir)
-    write_json(out_dir / "results.json", results)
+    # The report is rendered from what results.json holds, in its order, so that
+    # `python -m study report` reproduces it byte for byte.
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    write_text(out_dir / "results.json", text)
+    results = json.loads(text)
     lines = [
         json.dumps(r, ensure_ascii=False, sort_keys=True, default=_json_default)
         for r in replies.to_dict(orient="records")
