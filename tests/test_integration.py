@@ -29,6 +29,8 @@ def test_smoke_study_writes_complete_findings(tmp_path):
             "study",
             "--profile",
             "smoke",
+            "--seeds",
+            "2",
             "-q",
             "-p",
             "no:randomly",
