@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 ARMS = ("base", "sft-chosen", "sft-rejected", "dpo-human", "dpo-ai")
@@ -135,7 +135,6 @@ class StudyConfig:
     seed: int = 42  # run seed: generation samples derive their seeds from it
     arms: tuple[str, ...] = ARMS
     bootstrap_resamples: int = 2000
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 # Each profile lists only what it changes from the notebook's protocol.
@@ -306,7 +305,6 @@ def validate(config: StudyConfig) -> None:
 def to_dict(config) -> dict:
     """JSON-safe nested dict of a config (tuples become lists)."""
     out = dataclasses.asdict(config)
-    out.pop("extra", None)
     return json.loads(json.dumps(out))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from study import stats
-from study.config import ARMS, PROTOCOLS
+from study.config import ARMS
 from study.prompts import SCENARIOS
 from study.store import write_text
 
@@ -619,6 +619,3 @@ def _examples_section(r: dict) -> list[str]:
         _table(["scenario", "prompt", "arm", "reply (first sample)"], rows),
         "",
     ]
-
-
-__all__ = ["build_results", "render", "write_findings", "escape", "PROTOCOLS"]
