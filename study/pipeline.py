@@ -142,11 +142,18 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _build_distributed(final: Path, build) -> tuple[Path, bool]:
+def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
     """Every process trains; the main process alone writes and renames the artefact."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without cpu=True the shared state ignores the launcher's WORLD_SIZE on a CPU-only machine
+    # and every process would believe it is the main one.
+    state = PartialState(cpu=device == "cpu")
+    if state.num_processes != world_size():
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size()} but the process group has {state.num_processes} "
+            "processes; launch with accelerate launch or torchrun."
+        )
     if final.exists():
         return final, False
     tmp = final.parent / f".{final.name}.partial-ddp"
@@ -184,7 +191,7 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
 
     with ctx.timer.stage(f"train/{arm}"):
         if world_size() > 1:
-            path, is_new = _build_distributed(final, build)
+            path, is_new = _build_distributed(final, build, ctx.device)
         else:
             path, is_new = build_dir(final, build)
     if is_main_process():
