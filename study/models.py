@@ -231,3 +231,29 @@ def autocast(device: str, precision: str):
         return torch.autocast(device_type=device, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device, dtype=dtype)
+
+
+def cast_frozen_linears(model, precision: str) -> int:
+    """Store the frozen linear weights in the autocast dtype; returns how many were cast.
+
+    Autocast rounds every fp32 weight to bf16/fp16 on each matmul; rounding once ahead gives the
+    same numbers without the per-call copy. Trainable weights (LoRA adapters, a full fine-tune)
+    stay fp32, and so does the output head when it shares its weight with the input embedding,
+    whose lookup is not autocast.
+    """
+    if precision == "fp32":
+        return 0
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    embeddings = model.get_input_embeddings()
+    shared = {id(embeddings.weight)} if embeddings is not None else set()
+    n = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or id(module.weight) in shared:
+            continue
+        if module.weight.requires_grad:
+            continue
+        module.weight.data = module.weight.data.to(dtype)
+        if module.bias is not None and not module.bias.requires_grad:
+            module.bias.data = module.bias.data.to(dtype)
+        n += 1
+    return n

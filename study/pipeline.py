@@ -25,7 +25,15 @@ from study import generation, labeler, models, prompts, scoring
 from study.config import StudyConfig, config_hash, to_dict
 from study.evaluator import accuracy, load_reward_model, rewards, train_reward_model
 from study.store import build_dir, cached_json, read_json, write_json
-from study.training import SFT_REPLY, load_arm, train_dpo, train_sft, world_size
+from study.training import (
+    SFT_REPLY,
+    load_arm,
+    per_device_batch,
+    reference_logps,
+    train_dpo,
+    train_sft,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +63,23 @@ class Context:
     device: str
     precision: str
     timer: Timer
+    base_hash: str = ""
 
     def autocast(self):
         return models.autocast(self.device, self.precision)
+
+    def for_inference(self, model):
+        """Frozen, on the device, linear weights stored in the autocast dtype (same numbers)."""
+        model.requires_grad_(False)
+        models.cast_frozen_linears(model, self.precision)
+        return model.to(self.device)
 
 
 # -- keys ---------------------------------------------------------------------------------------
 
 # Bumped when a stage's code changes what it produces, so stored artefacts of the old code are
 # not reused.
-STAGE_VERSIONS = {"label": 1, "train": 1, "generate": 1, "evaluator": 1}
+STAGE_VERSIONS = {"label": 1, "train": 2, "reference": 1, "generate": 1, "evaluator": 1}
 
 
 # Settings that change how a run proceeds but not what it produces.
@@ -123,7 +138,7 @@ def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
     def compute():
         spec = cfg.labeler.model
         judge_path = models.resolve_model(spec, ctx.store) if spec else ctx.base
-        judge = models.load_model(judge_path).to(ctx.device)
+        judge = ctx.for_inference(models.load_model(judge_path))
         tok = models.load_tokenizer(judge_path)
         out = {}
         for name, frame in (("train", data.train), ("heldout", held)):
@@ -142,8 +157,8 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
-    """Every process trains; the main process alone writes and renames the artefact."""
+def _process_group(device: str):
+    """accelerate's view of the launched processes, checked against the launcher's WORLD_SIZE."""
     from accelerate import PartialState
 
     # Without cpu=True the shared state ignores the launcher's WORLD_SIZE on a CPU-only machine
@@ -154,6 +169,12 @@ def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
             f"WORLD_SIZE={world_size()} but the process group has {state.num_processes} "
             "processes; launch with accelerate launch or torchrun."
         )
+    return state
+
+
+def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
+    """Every process trains; the main process alone writes and renames the artefact."""
+    state = _process_group(device)
     if final.exists():
         return final, False
     tmp = final.parent / f".{final.name}.partial-ddp"
@@ -167,6 +188,48 @@ def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
         os.rename(tmp, final)
     state.wait_for_everyone()
     return final, True
+
+
+def reference_stage(ctx: Context, data: data_mod.StudyData) -> dict:
+    """The DPO reference log-probabilities of the training pairs, computed once for both arms."""
+    cfg = ctx.cfg
+    key = config_hash(
+        {
+            "version": STAGE_VERSIONS["reference"],
+            "base_weights": ctx.base_hash,
+            "model": to_dict(cfg.model),
+            **_data_key(cfg, data.summary["fingerprint"]),
+            # what decides the tokens and the batches of the reference pass
+            "train": {k: getattr(cfg.train, k) for k in ("max_length", "max_reply_tokens")},
+            "batch": per_device_batch(cfg),
+        }
+    )
+    path = ctx.store / "reference" / f"{key}.json"
+    workdir = ctx.store / "reference" / f".{key}.work"
+
+    def compute():
+        try:
+            return reference_logps(ctx.base, data.train, cfg, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    with ctx.timer.stage("reference"):
+        if world_size() > 1:
+            return _json_distributed(path, compute, ctx.device)
+        reference, _ = cached_json(path, compute)
+    return reference
+
+
+def _json_distributed(path: Path, compute, device: str):
+    """Every process computes (collectives need all of them); the main process writes."""
+    state = _process_group(device)
+    if path.exists():
+        return read_json(path)
+    value = compute()
+    if state.is_main_process:
+        write_json(path, value)
+    state.wait_for_everyone()
+    return value
 
 
 def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labels) -> dict:
@@ -183,7 +246,10 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             prefer = None
             if arm == "dpo-ai":
                 prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
-            summary = train_dpo(arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints)
+            reference = reference_stage(ctx, data)
+            summary = train_dpo(
+                arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints, reference
+            )
         summary.update(arm=arm, key=key, config=to_dict(ctx.cfg), n_processes=world_size())
         if is_main_process():
             write_json(tmp / "study_arm.json", summary)
@@ -227,6 +293,7 @@ def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> d
 
     def measure():
         model, tok = load_reward_model(path, ctx.base)
+        model = ctx.for_inference(model)
         return accuracy(model, tok, heldout_pairs(ctx, data), cfg, ctx.autocast())
 
     with ctx.timer.stage("evaluator/accuracy"):
@@ -249,6 +316,7 @@ def reward_stage(ctx: Context, evaluator: dict, replies: pd.DataFrame, plist) ->
 
     def compute():
         model, tok = load_reward_model(Path(evaluator["path"]), ctx.base)
+        model = ctx.for_inference(model)
         prompts_ = [texts[i] for i in part["prompt_id"]]
         return rewards(
             model, tok, prompts_, part["reply"].tolist(), ctx.cfg, ctx.autocast()
@@ -302,7 +370,7 @@ def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]
             model = models.load_model(ctx.base)
         else:
             model = load_arm(ctx.store / "arms" / f"{arm}-{key}", ctx.base)
-        model.to(ctx.device)
+        model = ctx.for_inference(model)
         tok = models.load_tokenizer(ctx.base)
         rows = []
         for name in ("q1", "q2"):
@@ -462,7 +530,7 @@ def run_study(
         data = data_mod.prepare(cfg.data)
         base = models.resolve_model(cfg.model.base, store)
         base_hash = models.weights_hash(base)
-    ctx = Context(cfg, store, base, device, precision, timer)
+    ctx = Context(cfg, store, base, device, precision, timer, base_hash)
     out = {"data": data.summary, "timings": timer.stages}
 
     labels = None

@@ -12,7 +12,13 @@ import pandas as pd
 import torch
 
 from study.config import StudyConfig
-from study.models import choose_device, choose_precision, load_model, load_tokenizer
+from study.models import (
+    cast_frozen_linears,
+    choose_device,
+    choose_precision,
+    load_model,
+    load_tokenizer,
+)
 from study.preprocess import PadCollator, sft_example, truncate_prompt_text
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,16 @@ def _lora(model, cfg: StudyConfig):
     return get_peft_model(model, lora_config(model, cfg))
 
 
+def _trainable(base: Path, cfg: StudyConfig):
+    """A fresh base copy ready to train: LoRA adapters if configured, frozen weights pre-cast."""
+    model = load_model(base)
+    if cfg.train.use_lora:
+        model = _lora(model, cfg)
+    cast_frozen_linears(model, training_precision(cfg))
+    model.train()
+    return model
+
+
 def world_size() -> int:
     """Number of training processes (``accelerate launch`` / torchrun set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -64,9 +80,13 @@ def per_device_batch(cfg: StudyConfig) -> int:
     return cfg.train.batch_size // n
 
 
+def training_precision(cfg: StudyConfig) -> str:
+    return choose_precision(choose_device(cfg.model.device), cfg.model.precision)
+
+
 def common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> dict:
     device = choose_device(cfg.model.device)
-    precision = choose_precision(device, cfg.model.precision)
+    precision = training_precision(cfg)
     every = cfg.train.checkpoint_steps
     return dict(
         output_dir=str(checkpoints),
@@ -203,10 +223,7 @@ def train_sft(
         for p, r in zip(rows["prompt"], rows[reply_col])
     ]
     n_tokens = sum(len(e["input_ids"]) for e in examples)
-    model = load_model(base)
-    if cfg.train.use_lora:
-        model = _lora(model, cfg)
-    model.train()
+    model = _trainable(base, cfg)
     args = TrainingArguments(**common_args(cfg, checkpoints, cfg.train.learning_rate))
     collator = CountingCollator(PadCollator(tok.pad_token_id))
     trainer = Trainer(
@@ -243,6 +260,156 @@ def preference_rows(
     return out
 
 
+def install_logprob_head(model) -> bool:
+    """On devices without Triton, score DPO's next tokens with a plain head; True if installed.
+
+    TRL projects every position through the output head in vocabulary tiles and, where Triton is
+    missing (the CPU), folds each tile with a chain of elementwise torch operations forward and
+    backward; on this study's CPU that head takes about three quarters of a DPO step. This head
+    keeps TRL's calling convention (``fused_lm_head=True`` returns per-token log-probabilities
+    and the statistics TRL logs) but projects only the positions that carry a label and lets
+    autograd differentiate a log-softmax. Each call holds (labelled tokens x vocabulary) logits in
+    memory, which small CPU batches afford; on CUDA TRL's kernel stays.
+    """
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    device = next(model.parameters()).device
+    if device.type == "cuda" or getattr(model, "_study_logprob_head", False):
+        return False
+    unfused = model.forward  # TRL's patched forward: the model's own one unless fused_lm_head
+
+    def forward(*args, fused_lm_head=False, labels=None, **kwargs):
+        if not fused_lm_head:
+            return unfused(*args, labels=labels, **kwargs)
+        if kwargs.pop("shift_labels", None) is not None:
+            raise ValueError("the study's log-prob head does not take pre-shifted labels")
+        kwargs.pop("num_items_in_batch", None)
+        kwargs["use_cache"] = False
+        hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels = labels[:, 1:]
+        mask = labels != -100
+        targets = labels[mask]
+        logits = model.get_output_embeddings()(hidden[mask]).float()
+        log_z = torch.logsumexp(logits, dim=-1)
+        log_probs = logits.gather(1, targets[:, None])[:, 0] - log_z
+        with torch.no_grad():
+            probs = torch.softmax(logits, dim=-1)
+            entropy = log_z - (probs * logits).sum(dim=-1)
+            mean_logits = logits.mean(dim=-1)
+            is_top1 = logits.argmax(dim=-1) == targets
+
+        def spread(values):
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        per_token = spread(log_probs)
+        return FusedCausalLMOutput(
+            loss=-per_token.sum() / mask.sum().clamp(min=1),
+            log_probs=per_token,
+            entropy=spread(entropy),
+            mean_logits=spread(mean_logits),
+            is_top1=spread(is_top1),
+            label_mask=mask,
+        )
+
+    model.forward = forward
+    model._study_logprob_head = True
+    return True
+
+
+def _dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class StudyDPOTrainer(DPOTrainer):
+        """TRL's DPO trainer with the study's CPU head, taking a reference computed once.
+
+        The reference log-probabilities come from ``reference`` (see ``reference_logps``) when
+        given, else from TRL's own pass with the same head as training, so a policy equal to the
+        reference scores exactly the reference's values. A reference computed in a separate pass
+        leaves the random state of the training run alone: an arm trains the same whether its
+        reference was computed just before or read from the store.
+        """
+
+        def __init__(self, *args, reference: dict | None = None, **kwargs):
+            self._shared_reference = reference
+            super().__init__(*args, **kwargs)
+            self._install_head()
+
+        def _install_head(self):
+            get_base = getattr(self.model, "get_base_model", None)  # PEFT wraps the model
+            install_logprob_head(get_base() if get_base else self.model)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            self._install_head()  # runs inside TRL's __init__, after TRL patched its head
+            if self._shared_reference is not None:
+                return attach_reference(dataset, self._shared_reference)
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return StudyDPOTrainer
+
+
+REFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def attach_reference(dataset, reference: dict):
+    """Add the reference log-probabilities of each row's replies, looked up by (prompt, reply).
+
+    ``reference`` holds the columns of ``REFERENCE_COLUMNS`` from a pass over the same pairs in
+    any label direction; a pair whose replies are swapped gets its values swapped.
+    """
+    logp = {}
+    for p, c, r, lc, lr in zip(*(reference[k] for k in REFERENCE_COLUMNS)):
+        logp[(p, c)] = lc
+        logp[(p, r)] = lr
+    chosen, rejected, missing = [], [], 0
+    for p, c, r in zip(dataset["prompt"], dataset["chosen"], dataset["rejected"]):
+        if (p, c) not in logp or (p, r) not in logp:
+            missing += 1
+            continue
+        chosen.append(logp[(p, c)])
+        rejected.append(logp[(p, r)])
+    if missing:
+        raise ValueError(
+            f"the shared reference log-probabilities lack {missing} of {len(dataset)} training "
+            "pairs: they were computed on other data. Delete the store's reference/ entry."
+        )
+    return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+
+def _dpo_args(cfg: StudyConfig, checkpoints: Path):
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **common_args(cfg, checkpoints, cfg.dpo.learning_rate),
+        beta=cfg.dpo.beta,
+        max_length=cfg.train.max_length,
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=4 * per_device_batch(cfg),
+    )
+
+
+def reference_logps(base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: Path) -> dict:
+    """Log-probabilities of both replies of every pair under the base model (the DPO reference).
+
+    Computed once and shared by `dpo-human` and `dpo-ai`, whose pairs differ only in direction.
+    Returns the columns of ``REFERENCE_COLUMNS`` as lists.
+    """
+    from datasets import Dataset
+
+    tok = load_tokenizer(base)
+    tok.padding_side = "right"
+    model = load_model(base)
+    model.requires_grad_(False)
+    cast_frozen_linears(model, training_precision(cfg))
+    trainer = _dpo_trainer_class()(
+        model=model,
+        args=_dpo_args(cfg, workdir),
+        train_dataset=Dataset.from_list(preference_rows(rows, None, tok, cfg)),
+        processing_class=tok,
+    )
+    ds = trainer.train_dataset
+    return {k: list(ds[k]) for k in REFERENCE_COLUMNS}
+
+
 def train_dpo(
     arm: str,
     base: Path,
@@ -251,15 +418,22 @@ def train_dpo(
     out: Path,
     prefer_first: pd.Series | None = None,
     checkpoints: Path | None = None,
+    reference: dict | None = None,
 ) -> dict:
     """DPO from a fresh base copy; only the label direction differs between the DPO arms.
 
     ``prefer_first`` holds the AI labels (True: the human-chosen reply is preferred); None
-    trains on the human labels. Other arguments as in ``train_sft``.
+    trains on the human labels. ``reference`` is the output of ``reference_logps`` on the same
+    rows (None: computed here). Other arguments as in ``train_sft``.
     """
     checkpoints = checkpoints or out / "trainer"
+    import tempfile
+
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+
+    if reference is None:
+        with tempfile.TemporaryDirectory() as workdir:
+            reference = reference_logps(base, rows, cfg, Path(workdir))
 
     tok = load_tokenizer(base)
     tok.padding_side = "right"
@@ -269,24 +443,13 @@ def train_dpo(
         + len(tok(d["prompt"] + d["rejected"])["input_ids"])
         for d in data
     )
-    model = load_model(base)
-    peft_config = None
-    if cfg.train.use_lora:
-        model = _lora(model, cfg)
-    model.train()
-    args = DPOConfig(
-        **common_args(cfg, checkpoints, cfg.dpo.learning_rate),
-        beta=cfg.dpo.beta,
-        max_length=cfg.train.max_length,
-        precompute_ref_log_probs=True,
-        precompute_ref_batch_size=4 * per_device_batch(cfg),
-    )
-    trainer = DPOTrainer(
+    model = _trainable(base, cfg)
+    trainer = _dpo_trainer_class()(
         model=model,
-        args=args,
+        args=_dpo_args(cfg, checkpoints),
         train_dataset=Dataset.from_list(data),
         processing_class=tok,
-        peft_config=peft_config,
+        reference=reference,
     )
     started = time.perf_counter()
     resumed = _fit(trainer, checkpoints)

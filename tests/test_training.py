@@ -84,3 +84,128 @@ def test_dpo_learns_and_leaves_the_reference_alone(tmp_path, tiny_path, smoke_co
     assert weights_hash(tiny_path) == before
     base, policy = load_model(tiny_path).state_dict(), _weights(tmp_path / "d", tiny_path)
     assert any(not torch.equal(base[k], policy[k]) for k in base)
+
+
+def _bf16_lora(cfg):
+    import dataclasses
+
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, precision="bf16"),
+        train=dataclasses.replace(cfg.train, use_lora=True),
+    )
+
+
+def test_precast_frozen_weights_give_the_same_numbers(tiny_path, tiny_tok, smoke_config):
+    from study.models import cast_frozen_linears
+    from study.training import _trainable
+
+    plain, cast = load_model(tiny_path), load_model(tiny_path)
+    cast.requires_grad_(False)
+    assert cast_frozen_linears(cast, "bf16") > 0
+    assert cast_frozen_linears(load_model(tiny_path), "fp32") == 0
+    assert cast.get_input_embeddings().weight.dtype == torch.float32  # shared with the head
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(_logits(plain, tiny_tok), _logits(cast, tiny_tok))
+    policy = _trainable(tiny_path, _bf16_lora(smoke_config))
+    dtypes = {p.dtype for p in policy.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}  # adapters train in fp32
+    assert any(p.dtype == torch.bfloat16 for p in policy.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_logprob_head_agrees_with_trls(tiny_path, tiny_tok, precision):
+    from trl.trainer.utils import add_fused_lm_head
+
+    from study.models import autocast
+    from study.training import install_logprob_head
+
+    texts = ["\n\nHuman: tea?\n\nAssistant: Tea is a drink.", "\n\nHuman: hi\n\nAssistant: Hello"]
+    enc = tiny_tok(texts, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    labels[:, :4] = -100  # the prompt carries no label
+    outs, grads = [], []
+    for ours in (False, True):
+        model = load_model(tiny_path)
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+        if ours:
+            assert install_logprob_head(model)
+            assert not install_logprob_head(model)  # once only
+        with autocast("cpu", precision):
+            out = model(**enc, labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        outs.append(out)
+        grads.append(model.get_output_embeddings().weight.grad.clone())
+    trl, ours = outs
+    tol = 1e-5 if precision == "fp32" else 1e-3
+    for field in ("log_probs", "entropy", "mean_logits"):
+        assert torch.allclose(getattr(ours, field), getattr(trl, field), atol=tol), field
+    assert torch.equal(ours.is_top1, trl.is_top1)
+    assert torch.equal(ours.label_mask, trl.label_mask)
+    assert (ours.log_probs[~ours.label_mask] == 0).all()
+    # TRL sums the head's gradient in fp32, autocast in bf16: equal up to bf16 rounding
+    drift = (grads[1] - grads[0]).norm() / grads[0].norm()
+    assert drift < (1e-5 if precision == "fp32" else 1e-2)
+    plain = model(**enc)  # without fused_lm_head the model's own forward runs
+    assert plain.logits.shape[-1] == model.config.vocab_size
+
+
+def test_shared_reference_serves_both_label_directions(tmp_path, tiny_path, rows, smoke_config):
+    from datasets import Dataset
+
+    from study.models import load_tokenizer
+    from study.training import (
+        _dpo_args,
+        _dpo_trainer_class,
+        _trainable,
+        attach_reference,
+        preference_rows,
+        reference_logps,
+    )
+
+    cfg = _bf16_lora(smoke_config)
+    shared = reference_logps(tiny_path, rows, cfg, tmp_path / "w")
+    tok = load_tokenizer(tiny_path)
+    tok.padding_side = "right"
+    flipped = pd.Series([i % 3 == 0 for i in range(len(rows))])
+    for prefer in (None, flipped):
+        trainer = _dpo_trainer_class()(  # the trainer's own pass, on the policy an arm builds
+            model=_trainable(tiny_path, cfg),
+            args=_dpo_args(cfg, tmp_path / "t"),
+            train_dataset=Dataset.from_list(preference_rows(rows, prefer, tok, cfg)),
+            processing_class=tok,
+        )
+        own = trainer.train_dataset
+        columns = ["ref_chosen_logps", "ref_rejected_logps"]
+        got = attach_reference(own.remove_columns(columns), shared)
+        for column in columns:
+            assert got[column] == own[column]
+    assert shared["ref_chosen_logps"] != shared["ref_rejected_logps"]
+
+
+def test_a_reference_from_other_pairs_is_refused(tmp_path, tiny_path, rows, smoke_config):
+    from datasets import Dataset
+
+    from study.training import attach_reference, reference_logps
+
+    shared = reference_logps(tiny_path, rows.iloc[:4], smoke_config, tmp_path / "w")
+    other = Dataset.from_list(
+        [{"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " Hello.", "rejected": " Go."}]
+    )
+    with pytest.raises(ValueError, match="lack 1 of 1 training pairs"):
+        attach_reference(other, shared)
+
+
+def test_dpo_trains_the_same_from_a_stored_reference(tmp_path, tiny_path, rows, smoke_config):
+    from study.store import read_json, write_json
+    from study.training import reference_logps
+
+    cfg = _bf16_lora(smoke_config)
+    write_json(tmp_path / "ref.json", reference_logps(tiny_path, rows, cfg, tmp_path / "w"))
+    stored = read_json(tmp_path / "ref.json")
+    flipped = pd.Series([i % 2 == 0 for i in range(len(rows))])
+    own = train_dpo("dpo-ai", tiny_path, rows, cfg, tmp_path / "own", flipped)
+    got = train_dpo("dpo-ai", tiny_path, rows, cfg, tmp_path / "got", flipped, reference=stored)
+    assert [c["loss"] for c in got["curve"]] == [c["loss"] for c in own["curve"]]
+    wo, wg = _weights(tmp_path / "own", tiny_path), _weights(tmp_path / "got", tiny_path)
+    assert all(torch.equal(wo[k], wg[k]) for k in wo)
