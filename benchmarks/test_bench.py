@@ -88,7 +88,8 @@ def matmul_flops_per_token(model) -> dict[str, float]:
     model.train()
     ids = torch.ones((1, 8), dtype=torch.long)
     try:
-        with torch.enable_grad():
+        # autocast as in training: frozen weights may be stored in bf16
+        with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     finally:
         for h in handles:
@@ -196,12 +197,26 @@ def _study_lora(model, cfg):
     return get_peft_model(model, training.lora_config(model, cfg))
 
 
+def _study_trainable(model_path, cfg):
+    """The study's fresh trainable copy (LoRA, frozen weights pre-cast); older code: LoRA only."""
+    from study import training
+    from study.models import load_model
+
+    if hasattr(training, "_trainable"):
+        return training._trainable(model_path, cfg)
+    model = load_model(model_path)
+    if cfg.train.use_lora:
+        model = _study_lora(model, cfg)
+    model.train()
+    return model
+
+
 def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
     """The study's SFT recipe: sft_example rows, PadCollator, bf16 autocast, LoRA on top blocks."""
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from study.models import load_model, load_tokenizer
+    from study.models import load_tokenizer
     from study.preprocess import PadCollator, sft_example
 
     tok = load_tokenizer(model_path)
@@ -209,10 +224,7 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
         sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
         for p, r in zip(rows["prompt"], rows["chosen"])
     ]
-    model = load_model(model_path)
-    if cfg.train.use_lora:
-        model = _study_lora(model, cfg)
-    model.train()
+    model = _study_trainable(model_path, cfg)
     flops = matmul_flops_per_token(model)
     args = {**_study_trainer_args(cfg, out), **_bench_overrides(out, warmup + steps)}
     got = _timed_training(
@@ -299,7 +311,7 @@ def profile_our_step(model_path, cfg, rows, top: int = 8) -> list[str]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from study.models import load_model, load_tokenizer
+    from study.models import load_tokenizer
     from study.preprocess import PadCollator, sft_example
 
     tok = load_tokenizer(model_path)
@@ -309,8 +321,7 @@ def profile_our_step(model_path, cfg, rows, top: int = 8) -> list[str]:
             for p, r in zip(rows["prompt"], rows["chosen"])
         ]
     )
-    model = _study_lora(load_model(model_path), cfg)
-    model.train()
+    model = _study_trainable(model_path, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
@@ -459,6 +470,120 @@ def test_training_throughput(
             f">= {MFU_TARGET:.0%}",
             mfu >= MFU_TARGET,
             notes_mfu,
+        )
+    )
+
+
+# -- DPO ----------------------------------------------------------------------------------------
+
+
+def _dpo_timed(model_path, cfg, rows, warmup: int, steps: int, out, stock: bool, monkeypatch):
+    """The study's DPO arm on ``rows``: reference pass, then ``warmup + steps`` timed steps.
+
+    ``stock`` keeps TRL's own output head (what TRL runs on a device without Triton).
+    """
+    from datasets import Dataset
+
+    from study import training
+    from study.models import load_tokenizer
+
+    with monkeypatch.context() as patch:
+        if stock:
+            patch.setattr(training, "install_logprob_head", lambda model: False)
+        tok = load_tokenizer(model_path)
+        tok.padding_side = "right"
+        t = time.perf_counter()
+        reference = training.reference_logps(model_path, rows, cfg, out / "reference")
+        reference_s = time.perf_counter() - t
+        clock = _StepClock()
+        args = training._dpo_args(cfg, out, **_bench_overrides(out, warmup + steps))
+        trainer = training._dpo_trainer_class()(
+            model=_study_trainable(model_path, cfg),
+            args=args,
+            train_dataset=Dataset.from_list(training.preference_rows(rows, None, tok, cfg)),
+            processing_class=tok,
+            reference=reference,
+            callbacks=[clock],
+        )
+        trainer.train()
+    assert len(clock.ends) == warmup + steps, (len(clock.ends), warmup, steps)
+    return {
+        "reference_s": reference_s,
+        "reference": reference,
+        "step_s": (clock.ends[-1] - clock.ends[warmup - 1]) / steps,
+    }
+
+
+def test_dpo_step(benchmark, model_path, cpu_config, study_data, sizes, tmp_path, monkeypatch):
+    cfg = cpu_config
+    batch = cfg.train.batch_size
+    warmup, steps = sizes.train_warmup_steps, sizes.train_steps
+    rows = study_data.train.iloc[: (warmup + steps) * batch]
+    ours = benchmark.pedantic(
+        _dpo_timed,
+        args=(model_path, cfg, rows, warmup, steps, tmp_path / "ours", False, monkeypatch),
+        rounds=1,
+        iterations=1,
+    )
+    gc.collect()
+    stock = _dpo_timed(model_path, cfg, rows, warmup, steps, tmp_path / "stock", True, monkeypatch)
+    gc.collect()
+    drift = max(
+        abs(a - b)
+        for column in ("ref_chosen_logps", "ref_rejected_logps")
+        for a, b in zip(ours["reference"][column], stock["reference"][column])
+    )
+    step_ratio = stock["step_s"] / ours["step_s"]
+    # Per DPO arm: the stock way runs its own reference pass; ours runs one for both arms.
+    ref_ratio = 2 * stock["reference_s"] / ours["reference_s"]
+    n_pairs = len(rows)
+    print(
+        f"\nDPO: step {ours['step_s']:.2f}s vs stock {stock['step_s']:.2f}s ({step_ratio:.2f}x); "
+        f"reference for two arms {ours['reference_s']:.1f}s vs {2 * stock['reference_s']:.1f}s"
+    )
+    common = (
+        f"- The cpu profile's DPO arm (LoRA on the top {cfg.train.lora_top_layers} blocks, "
+        f"bf16 autocast, batch {batch} pairs) on its first {n_pairs} training pairs; the stock "
+        "way is the same code with TRL's own output head."
+    )
+    record(
+        report.Result(
+            "DPO optimizer step",
+            "pairs/s",
+            batch / ours["step_s"],
+            batch / stock["step_s"],
+            step_ratio,
+            "> 1x (no target set)",
+            step_ratio > 1,
+            [
+                common,
+                f"- {warmup} warm-up + {steps} timed steps each: ours {ours['step_s']:.2f} s per "
+                f"step, stock {stock['step_s']:.2f} s per step.",
+                "- TRL projects every position through the output head in vocabulary tiles and, "
+                "without Triton, folds each tile with elementwise torch operations forward and "
+                "backward; the study's head projects only labelled positions and differentiates "
+                "a log-softmax.",
+            ],
+        )
+    )
+    record(
+        report.Result(
+            "DPO reference log-probabilities (two arms)",
+            "s",
+            ours["reference_s"],
+            2 * stock["reference_s"],
+            ref_ratio,
+            "> 1x (no target set)",
+            ref_ratio > 1,
+            [
+                common,
+                f"- Ours: one pass over the {n_pairs} pairs with the study's head, shared by "
+                f"`dpo-human` and `dpo-ai`: {ours['reference_s']:.1f} s. Stock: one pass with "
+                f"TRL's head per arm, measured once ({stock['reference_s']:.1f} s) and counted "
+                "twice.",
+                f"- Largest difference between the two passes' log-probabilities: {drift:.2e} "
+                "nats (sums over a reply's tokens).",
+            ],
         )
     )
 

@@ -237,6 +237,8 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
     final = ctx.store / "arms" / f"{arm}-{key}"
     # Checkpoints live under a name fixed by the key, so a rerun finds an interrupted run's.
     checkpoints = ctx.store / "checkpoints" / f"{arm}-{key}"
+    # The shared reference pass is timed as its own stage, and only run when an arm needs it.
+    reference = None if arm in SFT_REPLY or final.exists() else reference_stage(ctx, data)
 
     def build(tmp: Path):
         log.info("training %s into %s", arm, final.name)
@@ -246,7 +248,6 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             prefer = None
             if arm == "dpo-ai":
                 prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
-            reference = reference_stage(ctx, data)
             summary = train_dpo(
                 arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints, reference
             )

@@ -375,11 +375,11 @@ def attach_reference(dataset, reference: dict):
     return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
 
-def _dpo_args(cfg: StudyConfig, checkpoints: Path):
+def _dpo_args(cfg: StudyConfig, checkpoints: Path, **overrides):
     from trl import DPOConfig
 
     return DPOConfig(
-        **common_args(cfg, checkpoints, cfg.dpo.learning_rate),
+        **{**common_args(cfg, checkpoints, cfg.dpo.learning_rate), **overrides},
         beta=cfg.dpo.beta,
         max_length=cfg.train.max_length,
         precompute_ref_log_probs=True,

@@ -42,6 +42,13 @@ def test_changing_one_training_field_retrains_only_affected_arms(tmp_path):
     third = pipeline.run_study(changed, tmp_path, until="train")
     retrained = {arm for arm, a in third["arms"].items() if a.get("is_cached") is False}
     assert retrained == {"dpo-human", "dpo-ai"}
+    # both DPO arms read one reference pass, which beta does not affect
+    assert len(list((tmp_path / "reference").glob("*.json"))) == 1
+    shorter = resolve("smoke", overrides={"train": {"max_length": 48}})
+    fourth = pipeline.run_study(shorter, tmp_path, until="train")
+    assert all(a.get("is_cached") is False for arm, a in fourth["arms"].items() if arm != "base")
+    assert len(list((tmp_path / "reference").glob("*.json"))) == 2
+    assert not list((tmp_path / "reference").glob(".*.work"))  # no work folder left behind
 
 
 def _train_cmd(store: Path, extra=()):
