@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from study import stats
+from study import prefix, stats
 from study.config import StudyConfig
 from study.models import load_tokenizer
 from study.preprocess import truncate_prompt_text, truncate_reply_text
@@ -101,22 +100,21 @@ def load_reward_model(path: Path, base: Path):
 
 @torch.no_grad()
 def rewards(model, tok, prompts, replies, cfg: StudyConfig, autocast=None) -> np.ndarray:
-    """Scalar reward of each (prompt, reply), batched and sorted by length."""
-    texts = []
+    """Scalar reward of each (prompt, reply); each distinct prompt is run once per batch."""
+    owner, heads, where = [], [], {}
+    tails = []
     for p, r in zip(prompts, replies):
         prompt, reply = _fit(tok, p, r if isinstance(r, str) else "", cfg)
-        texts.append(prompt + reply)
-    tok.padding_side = "left"
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros(len(texts))
+        owner.append(where.setdefault(prompt, len(where)))
+        if owner[-1] == len(heads):
+            heads.append(prompt)
+        tails.append(reply)
+    hidden = prefix.last_hidden(
+        model.base_model, tok, heads, tails, owner, cfg.eval.batch_size, autocast, "reward"
+    )
     ctx = autocast if autocast is not None else contextlib.nullcontext()
-    batch = cfg.eval.batch_size
-    for start in tqdm(range(0, len(texts), batch), desc="reward", leave=False):
-        idx = order[start : start + batch]
-        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True)
-        with ctx:
-            out[idx] = model(**enc).logits[:, 0].float().cpu().numpy()
-    return out
+    with ctx:
+        return model.score(hidden)[:, 0].float().cpu().numpy()
 
 
 def accuracy(model, tok, pairs: pd.DataFrame, cfg: StudyConfig, autocast=None) -> dict:

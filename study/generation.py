@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
 from study.config import Decoding
+from study.prefix import prefill
 from study.prompts import HUMAN
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,24 @@ def cut_reply(text: str) -> str:
     return text.strip()
 
 
+def _prefill_shared(model, input_ids, attention_mask):
+    """A KV cache of every row's prompt but its last token, each distinct prompt computed once.
+
+    The samples of one prompt share their batch and their left padding, so their caches are
+    equal: the distinct rows are run once and their cache copied to the repeats. Generation then
+    resumes from the cache where its own prefill would have left it. None when no prompt repeats.
+    """
+    rows = [tuple(r) for r in input_ids.tolist()]
+    first: dict[tuple, int] = {}
+    index = [first.setdefault(r, len(first)) for r in rows]
+    if len(first) == len(rows) or input_ids.shape[1] < 2:
+        return None
+    keep = torch.tensor([rows.index(r) for r in first])
+    cache = prefill(model.base_model, input_ids[keep, :-1], attention_mask[keep, :-1])
+    cache.batch_select_indices(torch.tensor(index, device=input_ids.device))
+    return cache
+
+
 def generate(
     model,
     tokenizer,
@@ -134,8 +153,10 @@ def generate(
             ]
         sampler = RowSampler(decoding, n_pad, generators, greedy)
         with torch.no_grad(), ctx:
+            cache = _prefill_shared(model, enc["input_ids"], enc["attention_mask"])
             out = model.generate(
                 **enc,
+                cache=cache,
                 do_sample=False,
                 num_beams=1,
                 max_new_tokens=decoding.max_new_tokens,

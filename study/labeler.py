@@ -8,25 +8,26 @@ the judge's position bias from the label (the bias itself is reported).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from study import prefix
 from study.preprocess import truncate_prompt_text, truncate_reply_text
 
 log = logging.getLogger(__name__)
 
-JUDGE_TEMPLATE = (
+JUDGE_HEAD = (
     "A good assistant reply is helpful, honest and harmless. Read the conversation and the two "
     "possible next replies, then say which reply is better.\n\n"
     "Conversation:{context}\n\n"
-    "Reply A:{a}\n\n"
-    "Reply B:{b}\n\n"
-    "The better reply is Reply"
+    "Reply A:"
 )
+JUDGE_TAIL = "{a}\n\nReply B:{b}\n\nThe better reply is Reply"
+JUDGE_TEMPLATE = JUDGE_HEAD + JUDGE_TAIL
 
 
 def _choice_ids(tokenizer) -> tuple[int, int]:
@@ -43,37 +44,22 @@ def _choice_ids(tokenizer) -> tuple[int, int]:
     return ia[-1], ib[-1]
 
 
-def judge_prompt(tokenizer, prompt: str, a: str, b: str, cfg) -> str:
-    """The pairwise judging prompt, with the conversation cut from the left and replies cut."""
+def judge_parts(tokenizer, prompt: str, a: str, b: str, cfg) -> tuple[str, str]:
+    """The judging prompt as (head, tail): the conversation is cut from the left, replies cut.
+
+    The head (instructions and conversation) is the same in both orders and is run once.
+    """
     context = truncate_prompt_text(tokenizer, prompt, cfg.max_context_tokens)
-    return JUDGE_TEMPLATE.format(
-        context=context,
+    tail = JUDGE_TAIL.format(
         a=truncate_reply_text(tokenizer, a, cfg.max_reply_tokens),
         b=truncate_reply_text(tokenizer, b, cfg.max_reply_tokens),
     )
+    return JUDGE_HEAD.format(context=context), tail
 
 
-@torch.no_grad()
-def prob_first(model, tokenizer, texts: list[str], batch_size: int, autocast=None) -> np.ndarray:
-    """P(" A") / (P(" A") + P(" B")) at the end of each judging prompt."""
-    import contextlib
-
-    id_a, id_b = _choice_ids(tokenizer)
-    tokenizer.padding_side = "left"
-    lengths = [len(t) for t in texts]
-    order = np.argsort(lengths, kind="stable")
-    out = np.zeros(len(texts))
-    ctx = autocast if autocast is not None else contextlib.nullcontext()
-    device = next(model.parameters()).device
-    for start in tqdm(range(0, len(texts), batch_size), desc="label pairs", leave=False):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with ctx:
-            logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-        two = torch.stack([logits[:, id_a], logits[:, id_b]], dim=1)
-        out[idx] = torch.softmax(two, dim=1)[:, 0].cpu().numpy()
-    return out
+def judge_prompt(tokenizer, prompt: str, a: str, b: str, cfg) -> str:
+    """The whole pairwise judging prompt, as the labeler reads it."""
+    return "".join(judge_parts(tokenizer, prompt, a, b, cfg))
 
 
 def label_pairs(model, tokenizer, pairs: pd.DataFrame, cfg, autocast=None) -> pd.DataFrame:
@@ -81,18 +67,22 @@ def label_pairs(model, tokenizer, pairs: pd.DataFrame, cfg, autocast=None) -> pd
 
     Returns columns ``p_first`` (chosen shown as A), ``p_second`` (chosen shown as B, the judge's
     probability for A), ``pref_chosen`` in [0, 1] and ``is_position_bias`` (the same slot won in
-    both orders).
+    both orders). P(A) is P(" A") / (P(" A") + P(" B")) after the judging prompt.
     """
-    forward = [
-        judge_prompt(tokenizer, p, c, r, cfg)
-        for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
-    ]
-    backward = [
-        judge_prompt(tokenizer, p, r, c, cfg)
-        for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
-    ]
-    both = prob_first(model, tokenizer, forward + backward, cfg.batch_size, autocast)
-    p_first, p_second = both[: len(forward)], both[len(forward) :]
+    heads, tails = [], []
+    for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
+        head, forward = judge_parts(tokenizer, p, c, r, cfg)
+        heads.append(head)
+        tails += [forward, judge_parts(tokenizer, p, r, c, cfg)[1]]
+    owner = np.repeat(np.arange(len(heads)), 2)
+    hidden = prefix.last_hidden(
+        model.base_model, tokenizer, heads, tails, owner, cfg.batch_size, autocast, "label pairs"
+    )
+    id_a, id_b = _choice_ids(tokenizer)
+    with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():
+        logits = model.get_output_embeddings()(hidden).float()
+    both = torch.softmax(logits[:, [id_a, id_b]], dim=1)[:, 0].cpu().numpy()
+    p_first, p_second = both[0::2], both[1::2]
     return pd.DataFrame(
         {
             "pair_id": pairs["pair_id"].to_numpy(),

@@ -238,14 +238,18 @@ def cast_frozen_linears(model, precision: str) -> int:
 
     Autocast rounds every fp32 weight to bf16/fp16 on each matmul; rounding once ahead gives the
     same numbers without the per-call copy. Trainable weights (LoRA adapters, a full fine-tune)
-    stay fp32, and so does the output head when it shares its weight with the input embedding,
-    whose lookup is not autocast.
+    stay fp32. An output head that shares a frozen weight with the input embedding gets a rounded
+    copy of its own: the embedding lookup is not autocast and keeps the fp32 table, while
+    re-rounding the vocabulary matrix on every call cost about a quarter of a decoding step.
     """
     if precision == "fp32":
         return 0
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     embeddings = model.get_input_embeddings()
     shared = {id(embeddings.weight)} if embeddings is not None else set()
+    head = model.get_output_embeddings()
+    if head is not None and id(head.weight) in shared and not head.weight.requires_grad:
+        head.weight = torch.nn.Parameter(head.weight.data.to(dtype), requires_grad=False)
     n = 0
     for module in model.modules():
         if not isinstance(module, torch.nn.Linear) or id(module.weight) in shared:
