@@ -634,7 +634,7 @@ def test_generation_batched(benchmark, model_path, cpu_config, sizes):
         decoding = type(decoding)(
             **{**decoding.__dict__, "max_new_tokens": sizes.gen_max_new_tokens}
         )
-    batch_size = len(prompts)  # 48: one batch, sorted by length (the cpu profile's batch size)
+    batch_size = len(prompts)  # all 48 in one batch, sorted by length
     reqs = [generation.Request(p.id, p.text, 0, 0) for p in prompts]
     texts = [p.text for p in prompts]
     tok = models.load_tokenizer(model_path)

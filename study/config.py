@@ -156,7 +156,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "dpo": {"learning_rate": 5e-5},
         "labeler": {"heldout_pairs": 200},
-        "eval": {"n_heldout": 200, "batch_size": 48},
+        "eval": {"n_heldout": 200, "batch_size": 96},
     },
     "smoke": {
         "data": {"source": "synthetic", "eval_split": None, "sample_size": 16},

@@ -224,6 +224,8 @@ def train_sft(
     ]
     n_tokens = sum(len(e["input_ids"]) for e in examples)
     model = _trainable(base, cfg)
+    get_base = getattr(model, "get_base_model", None)  # PEFT wraps the model
+    install_label_head(get_base() if get_base else model)
     args = TrainingArguments(**common_args(cfg, checkpoints, cfg.train.learning_rate))
     collator = CountingCollator(PadCollator(tok.pad_token_id))
     trainer = Trainer(
@@ -258,6 +260,37 @@ def preference_rows(
             {"prompt": truncate_prompt_text(tokenizer, p, budget), "chosen": c, "rejected": r}
         )
     return out
+
+
+def install_label_head(model) -> bool:
+    """Compute the SFT loss from the output head on labelled positions only; True if installed.
+
+    The model's own loss projects every position, prompt and padding included, onto the
+    vocabulary and upcasts those logits before discarding the unlabelled ones. This forward
+    projects only the positions whose next token carries a label and returns the same loss:
+    the summed cross-entropy over ``num_items_in_batch`` when the Trainer gives it, else the mean.
+    """
+    from transformers.modeling_outputs import CausalLMOutput
+
+    if getattr(model, "_study_label_head", False):
+        return False
+    own = model.forward
+
+    def forward(*args, labels=None, num_items_in_batch=None, **kwargs):
+        if labels is None:
+            return own(*args, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        mask = targets != -100
+        logits = model.get_output_embeddings()(hidden[mask]).float()
+        loss = torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
+        n = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
+        return CausalLMOutput(loss=loss / n)
+
+    model.forward = forward
+    model._study_label_head = True
+    return True
 
 
 def install_logprob_head(model) -> bool:

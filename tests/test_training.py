@@ -209,3 +209,29 @@ def test_dpo_trains_the_same_from_a_stored_reference(tmp_path, tiny_path, rows, 
     assert [c["loss"] for c in got["curve"]] == [c["loss"] for c in own["curve"]]
     wo, wg = _weights(tmp_path / "own", tiny_path), _weights(tmp_path / "got", tiny_path)
     assert all(torch.equal(wo[k], wg[k]) for k in wo)
+
+
+@pytest.mark.parametrize("n_items", [None, 7])
+def test_label_head_gives_the_models_own_loss_and_gradients(tiny_path, tiny_tok, n_items):
+    from study.training import install_label_head
+
+    texts = ["\n\nHuman: tea?\n\nAssistant: Tea is a drink.", "\n\nHuman: hi\n\nAssistant: Hello"]
+    enc = tiny_tok(texts, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    labels[:, :4] = -100  # the prompt carries no label
+    extra = {} if n_items is None else {"num_items_in_batch": torch.tensor(n_items)}
+    losses, grads = [], []
+    for ours in (False, True):
+        model = load_model(tiny_path)
+        if ours:
+            assert install_label_head(model)
+            assert not install_label_head(model)  # once only
+        loss = model(**enc, labels=labels, **extra).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    model = load_model(tiny_path)
+    install_label_head(model)
+    assert model(**enc).logits.shape[:2] == enc["input_ids"].shape  # inference is untouched
