@@ -120,12 +120,14 @@ class _CountingCollator:
         self.inner = inner
         self.real: list[int] = []
         self.padded: list[int] = []
+        self.labelled: list[int] = []
 
     def __call__(self, rows):
         batch = self.inner(rows)
         mask = batch["attention_mask"]
         self.real.append(int(mask.sum()))
         self.padded.append(int(mask.numel()))
+        self.labelled.append(int((batch["labels"][:, 1:] != -100).sum()))
         return batch
 
 
@@ -158,6 +160,7 @@ def _timed_training(model, args, dataset, collator, warmup: int, steps: int) -> 
         "seconds": seconds,
         "real_tokens": real,
         "padded_tokens": padded,
+        "labelled_tokens": sum(counter.labelled[warmup : warmup + steps]),
         "tokens_per_s": real / seconds,
         "padded_tokens_per_s": padded / seconds,
         "steps": steps,
@@ -216,6 +219,7 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
     from datasets import Dataset
     from transformers import TrainingArguments
 
+    from study import training
     from study.models import load_tokenizer
     from study.preprocess import PadCollator, sft_example
 
@@ -226,6 +230,10 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
     ]
     model = _study_trainable(model_path, cfg)
     flops = matmul_flops_per_token(model)
+    install = getattr(training, "install_label_head", None)  # absent in older code
+    label_head = bool(install) and install(
+        model.get_base_model() if hasattr(model, "get_base_model") else model
+    )
     args = {**_study_trainer_args(cfg, out), **_bench_overrides(out, warmup + steps)}
     got = _timed_training(
         model,
@@ -235,7 +243,15 @@ def _our_training(model_path, cfg, rows, warmup: int, steps: int, out) -> dict:
         warmup,
         steps,
     )
+    if label_head:
+        # The head then runs (forward and input gradient) on labelled positions only.
+        head = 4 * model.get_output_embeddings().weight.numel()
+        unused = head * (1 - got["labelled_tokens"] / got["real_tokens"])
+        flops = {**flops, "forward": flops["forward"] - unused / 2}
+        flops["input_grad"] -= unused / 2
+        flops["total"] -= unused
     got["flops_per_token"] = flops
+    got["label_head"] = label_head
     got["batch_size"] = cfg.train.batch_size
     got["precision"] = "bf16" if args["bf16"] else "fp32"
     got["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -428,6 +444,13 @@ def test_training_throughput(
         f"parameters), {fl(ours)}. Notebook: fp32, full fine-tuning ({base['trainable']:,} "
         f"trained parameters), {fl(base)}.",
     ]
+    if ours["label_head"]:
+        share = ours["labelled_tokens"] / ours["real_tokens"]
+        notes_train.append(
+            "- Ours computes the loss from the output head on labelled positions only "
+            f"(`study.training.install_label_head`: {share:.0%} of the real tokens); its model "
+            "FLOPs count the head there only. The notebook projects every position."
+        )
     notes_mfu = [
         "- MFU = model FLOPs per token x real tokens/s / the bf16 matmul rate measured in this "
         f"run ({sizes.matmul_n}x{sizes.matmul_n} bf16 `torch.mm` loop, best of 3: "
