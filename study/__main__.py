@@ -76,23 +76,41 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(args.findings) / args.profile
     if args.command == "report":
-        results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
+        source = out_dir / "results.json"
+        if not source.is_file():
+            print(
+                f"error: {source} does not exist; run `python -m study evaluate --profile "
+                f"{args.profile}` or `pytest -m study --profile {args.profile}` first, or point "
+                "--findings at the folder holding <profile>/results.json.",
+                file=sys.stderr,
+            )
+            return 2
+        results = json.loads(source.read_text(encoding="utf-8"))
         findings.write_text(out_dir / "REPORT.md", findings.render(results))
         print(f"wrote {out_dir / 'REPORT.md'}")
         return 0
 
     from study import claims, pipeline
     from study.config import resolve
+    from study.data import DataError
+    from study.models import ModelError
 
     try:
         cfg = resolve(args.profile, args.dataset, parse_overrides(args.set))
+        arms = getattr(args, "arm", None)
+        pipeline.check_arms(cfg, arms)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     store = Path(args.store) if args.store else None
     started = time.perf_counter()
     until = {"train": "train", "label": "label", "evaluate": "evaluate"}[args.command]
-    run = pipeline.run_study(cfg, store, until=until, arms=getattr(args, "arm", None))
+    try:
+        run = pipeline.run_study(cfg, store, until=until, arms=arms)
+    except (DataError, ModelError) as err:
+        # Bad data or a missing model: the message names the file and the fix.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run["timings"]["total"] = round(time.perf_counter() - started, 2)
     if args.command != "evaluate":
         print(json.dumps({"timings": run["timings"], "arms": sorted(run.get("arms", {}))}))

@@ -10,6 +10,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +193,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _did_you_mean(value: str, choices) -> str:
+def did_you_mean(value: str, choices) -> str:
     close = difflib.get_close_matches(value, list(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -202,7 +205,7 @@ def _apply(obj, changes: dict[str, Any], where: str):
     for key, value in changes.items():
         if key not in names:
             raise ValueError(
-                f"unknown setting {where}{key!r}.{_did_you_mean(key, names)} "
+                f"unknown setting '{where}{key}'.{did_you_mean(key, names)} "
                 f"Known settings: {', '.join(sorted(names))}."
             )
         current = getattr(obj, key)
@@ -236,7 +239,7 @@ def resolve(
     """
     if profile not in PROFILES:
         raise ValueError(
-            f"unknown profile {profile!r}.{_did_you_mean(profile, PROFILES)} "
+            f"unknown profile {profile!r}.{did_you_mean(profile, PROFILES)} "
             f"Choose one of: {', '.join(PROFILES)} (option --profile or STUDY_PROFILE)."
         )
     changes = _merge(PROFILES[profile], overrides or {})
@@ -250,12 +253,65 @@ def resolve(
 def _positive(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+def _at_least_zero(name: str, value) -> None:
+    if value < 0:
+        raise ValueError(f"{name} must be zero or more, got {value!r}.")
+
+
+def _is_type(value, hint) -> bool:
+    """Whether a setting's value has the type its field declares (int is a valid float)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is_type(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_is_type(v, args[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def _check_types(obj, where: str = "") -> None:
+    """Every setting has its declared type: a clear error instead of a failure mid-run."""
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        value, hint = getattr(obj, field.name), hints[field.name]
+        name = f"{where}{field.name}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ValueError(
+                    f"{name} is a section of settings; set one of its fields, e.g. "
+                    f"--set {name}.{dataclasses.fields(hint)[0].name}=VALUE."
+                )
+            _check_types(value, f"{name}.")
+        elif not _is_type(value, hint):
+            words = {float: "a finite number", int: "an integer", bool: "true or false"}
+            words.update({str: "a string", type(None): "null"})
+            if typing.get_origin(hint) is tuple:
+                shown = 'a list of strings, e.g. \'["a", "b"]\''
+            else:
+                shown = " or ".join(words[a] for a in typing.get_args(hint) or (hint,))
+            raise ValueError(f"{name} must be {shown}; got {value!r}.")
 
 
 def validate(config: StudyConfig) -> None:
     """Raise ValueError for settings that cannot run, naming the setting and the fix."""
+    _check_types(config)
     for name in ("sample_size",):
         _positive(f"data.{name}", getattr(config.data, name))
     fractions = (config.data.heldout_fraction, config.data.evaluator_fraction)
@@ -281,13 +337,41 @@ def validate(config: StudyConfig) -> None:
         d = getattr(config.eval, name)
         _positive(f"eval.{name}.max_new_tokens", d.max_new_tokens)
         _positive(f"eval.{name}.temperature", d.temperature)
+        _positive(f"eval.{name}.repetition_penalty", d.repetition_penalty)
+        _at_least_zero(f"eval.{name}.top_k", d.top_k)
         if not 0 < d.top_p <= 1:
             raise ValueError(f"eval.{name}.top_p must lie in (0, 1], got {d.top_p!r}.")
-    _positive("labeler.heldout_pairs", config.labeler.heldout_pairs)
+    for name in ("heldout_pairs", "batch_size", "max_context_tokens", "max_reply_tokens"):
+        _positive(f"labeler.{name}", getattr(config.labeler, name))
+    for name in ("lora_r", "lora_alpha", "logging_steps"):
+        _positive(f"train.{name}", getattr(config.train, name))
+    for name in ("weight_decay", "warmup_ratio", "checkpoint_steps"):
+        _at_least_zero(f"train.{name}", getattr(config.train, name))
+    for name in ("epochs", "learning_rate", "max_length", "max_reply_tokens"):
+        _positive(f"evaluator.{name}", getattr(config.evaluator, name))
+    if config.evaluator.max_reply_tokens >= config.evaluator.max_length:
+        raise ValueError(
+            "evaluator.max_reply_tokens must be smaller than evaluator.max_length; got "
+            f"{config.evaluator.max_reply_tokens} >= {config.evaluator.max_length}."
+        )
+    _positive("eval.scenarios_per_scenario", config.eval.scenarios_per_scenario, allow_none=True)
+    _positive("bootstrap_resamples", config.bootstrap_resamples)
+    for name, value in (
+        ("seed", config.seed),
+        ("data.sample_seed", config.data.sample_seed),
+        ("train.seed", config.train.seed),
+    ):
+        _at_least_zero(name, value)
+    if config.model.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"model.device must be auto, cpu or cuda; got {config.model.device!r}.")
+    if config.model.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(
+            f"model.precision must be auto, fp32, bf16 or fp16; got {config.model.precision!r}."
+        )
     for arm in config.arms:
         if arm not in ARMS:
             raise ValueError(
-                f"unknown arm {arm!r} in arms.{_did_you_mean(arm, ARMS)} "
+                f"unknown arm {arm!r} in arms.{did_you_mean(arm, ARMS)} "
                 f"Known arms: {', '.join(ARMS)}."
             )
     if "base" not in config.arms:
@@ -298,7 +382,7 @@ def validate(config: StudyConfig) -> None:
         if name not in PROMPT_SETS:
             raise ValueError(
                 f"unknown prompt set {name!r} in eval.prompt_sets."
-                f"{_did_you_mean(name, PROMPT_SETS)} Known sets: {', '.join(PROMPT_SETS)}."
+                f"{did_you_mean(name, PROMPT_SETS)} Known sets: {', '.join(PROMPT_SETS)}."
             )
 
 

@@ -22,7 +22,7 @@ import torch
 
 from study import data as data_mod
 from study import generation, labeler, models, prompts, scoring
-from study.config import StudyConfig, config_hash, to_dict
+from study.config import StudyConfig, config_hash, did_you_mean, to_dict
 from study.evaluator import accuracy, load_reward_model, rewards, train_reward_model
 from study.store import build_dir, cached_json, read_json, write_json
 from study.training import (
@@ -506,6 +506,16 @@ def stability(outcomes_per_seed: list[list[dict]]) -> dict:
     }
 
 
+def check_arms(cfg: StudyConfig, arms) -> None:
+    """Raise ValueError unless every arm asked for is one of the configuration's arms."""
+    for arm in arms or ():
+        if arm not in cfg.arms:
+            raise ValueError(
+                f"unknown arm {arm!r} (--arm).{did_you_mean(arm, cfg.arms)} "
+                f"Arms of this configuration: {', '.join(cfg.arms)}."
+            )
+
+
 def run_study(
     cfg: StudyConfig, store: Path | None = None, until: str = "evaluate", arms=None
 ) -> dict:
@@ -523,6 +533,7 @@ def run_study(
     """
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}; got {until!r}.")
+    check_arms(cfg, arms)
     timer = Timer()
     store = Path(store) if store else models.store_root()
     device = models.choose_device(cfg.model.device)
