@@ -103,6 +103,23 @@ def _data_files(path: Path) -> list[Path]:
             )
         return [path]
     files = sorted(p for p in path.iterdir() if p.name.endswith(DATA_SUFFIXES))
+    skipped = sorted(
+        p.name
+        for p in path.iterdir()
+        if p.is_file()
+        and p not in files
+        and not p.name.startswith((".", "README", "LICENSE"))
+        and not p.name.lower().endswith((".md", ".txt", ".rst"))
+    )
+    if files and skipped:
+        log.warning(
+            "%s: ignored %d file(s) that are not data files: %s (the study reads files ending "
+            "in %s, in lower case)",
+            path,
+            len(skipped),
+            ", ".join(skipped[:5]),
+            ", ".join(DATA_SUFFIXES),
+        )
     if not files:
         others = sorted(p.name for p in path.iterdir())
         found = f"it holds {', '.join(others[:5])}" if others else "it is empty"

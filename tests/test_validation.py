@@ -299,3 +299,18 @@ def test_none_and_nan_replies_are_dropped_as_non_string(tmp_path, writer, n_miss
     assert len(pairs.frame) == 4 - n_missing
     for column in ("prompt", "chosen", "rejected"):
         assert pairs.frame[column].map(lambda v: isinstance(v, str) and v.strip() != "").all()
+
+
+@pytest.mark.unit
+def test_folder_names_the_files_it_ignores(tmp_path, caplog):
+    good = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: yes",
+        "rejected": "\n\nHuman: hi\n\nAssistant: no",
+    }
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(good) + "\n")
+    (tmp_path / "more.csv").write_text("chosen,rejected\n")
+    (tmp_path / "MORE.JSONL").write_text(json.dumps(good) + "\n")
+    (tmp_path / "README.md").write_text("notes\n")
+    with caplog.at_level("WARNING", logger="study.data"):
+        assert data._data_files(tmp_path) == [tmp_path / "pairs.jsonl"]
+    assert "ignored 2 file(s) that are not data files: MORE.JSONL, more.csv" in caplog.text
