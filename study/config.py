@@ -309,6 +309,17 @@ def _check_types(obj, where: str = "") -> None:
             raise ValueError(f"{name} must be {shown}; got {value!r}.")
 
 
+def _check_budget(where: str, section) -> None:
+    """A section's token budget: positive sizes, and room for some prompt beside the reply."""
+    for name in ("max_length", "max_reply_tokens"):
+        _positive(f"{where}.{name}", getattr(section, name))
+    if section.max_reply_tokens >= section.max_length:
+        raise ValueError(
+            f"{where}.max_reply_tokens must be smaller than {where}.max_length so that some "
+            f"prompt fits; got {section.max_reply_tokens} >= {section.max_length}."
+        )
+
+
 def validate(config: StudyConfig) -> None:
     """Raise ValueError for settings that cannot run, naming the setting and the fix."""
     _check_types(config)
@@ -321,13 +332,10 @@ def validate(config: StudyConfig) -> None:
             f"less than 1, got {fractions}."
         )
     _positive("evaluator.train_pairs", config.evaluator.train_pairs)
-    for name in ("epochs", "batch_size", "learning_rate", "max_length", "max_reply_tokens"):
+    train_sizes = ("epochs", "batch_size", "learning_rate", "lora_r", "lora_alpha", "logging_steps")
+    for name in train_sizes:
         _positive(f"train.{name}", getattr(config.train, name))
-    if config.train.max_reply_tokens >= config.train.max_length:
-        raise ValueError(
-            "train.max_reply_tokens must be smaller than train.max_length so that some prompt "
-            f"fits; got {config.train.max_reply_tokens} >= {config.train.max_length}."
-        )
+    _check_budget("train", config.train)
     _positive("train.lora_top_layers", config.train.lora_top_layers, allow_none=True)
     _positive("dpo.beta", config.dpo.beta)
     _positive("dpo.learning_rate", config.dpo.learning_rate)
@@ -343,17 +351,11 @@ def validate(config: StudyConfig) -> None:
             raise ValueError(f"eval.{name}.top_p must lie in (0, 1], got {d.top_p!r}.")
     for name in ("heldout_pairs", "batch_size", "max_context_tokens", "max_reply_tokens"):
         _positive(f"labeler.{name}", getattr(config.labeler, name))
-    for name in ("lora_r", "lora_alpha", "logging_steps"):
-        _positive(f"train.{name}", getattr(config.train, name))
     for name in ("weight_decay", "warmup_ratio", "checkpoint_steps"):
         _at_least_zero(f"train.{name}", getattr(config.train, name))
-    for name in ("epochs", "learning_rate", "max_length", "max_reply_tokens"):
+    for name in ("epochs", "learning_rate"):
         _positive(f"evaluator.{name}", getattr(config.evaluator, name))
-    if config.evaluator.max_reply_tokens >= config.evaluator.max_length:
-        raise ValueError(
-            "evaluator.max_reply_tokens must be smaller than evaluator.max_length; got "
-            f"{config.evaluator.max_reply_tokens} >= {config.evaluator.max_length}."
-        )
+    _check_budget("evaluator", config.evaluator)
     _positive("eval.scenarios_per_scenario", config.eval.scenarios_per_scenario, allow_none=True)
     _positive("bootstrap_resamples", config.bootstrap_resamples)
     for name, value in (
