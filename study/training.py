@@ -48,9 +48,15 @@ def lora_config(model, cfg: StudyConfig, task_type: str = "CAUSAL_LM", modules_t
 
 
 def _lora(model, cfg: StudyConfig):
-    """Wrap ``model`` in LoRA adapters the same way for every arm."""
+    """Wrap ``model`` in LoRA adapters the same way for every arm.
+
+    The adapters' random initialisation is seeded from ``train.seed``: without it, it would
+    depend on whatever the process drew from the global generator before, so the first arm of a
+    run would start differently from one run to the next.
+    """
     from peft import get_peft_model
 
+    torch.manual_seed(cfg.train.seed)
     return get_peft_model(model, lora_config(model, cfg))
 
 

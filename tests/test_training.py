@@ -235,3 +235,16 @@ def test_label_head_gives_the_models_own_loss_and_gradients(tiny_path, tiny_tok,
     model = load_model(tiny_path)
     install_label_head(model)
     assert model(**enc).logits.shape[:2] == enc["input_ids"].shape  # inference is untouched
+
+
+def test_lora_starts_the_same_whatever_the_process_drew_before(tiny_path, smoke_config):
+    from study.training import _trainable
+
+    cfg = _bf16_lora(smoke_config)
+    starts = []
+    for earlier_draws in (0, 7):
+        torch.rand(earlier_draws)  # another stage used the global generator
+        model = _trainable(tiny_path, cfg)
+        starts.append({k: v.clone() for k, v in model.named_parameters() if v.requires_grad})
+    assert starts[0] and starts[0].keys() == starts[1].keys()
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
