@@ -44,17 +44,22 @@ def _choice_ids(tokenizer) -> tuple[int, int]:
     return ia[-1], ib[-1]
 
 
+def _judge_orders(tokenizer, prompt: str, a: str, b: str, cfg) -> tuple[str, str, str]:
+    """(head, tail with A then B, tail with B then A), each text truncated once."""
+    context = truncate_prompt_text(tokenizer, prompt, cfg.max_context_tokens)
+    a = truncate_reply_text(tokenizer, a, cfg.max_reply_tokens)
+    b = truncate_reply_text(tokenizer, b, cfg.max_reply_tokens)
+    head = JUDGE_HEAD.format(context=context)
+    return head, JUDGE_TAIL.format(a=a, b=b), JUDGE_TAIL.format(a=b, b=a)
+
+
 def judge_parts(tokenizer, prompt: str, a: str, b: str, cfg) -> tuple[str, str]:
     """The judging prompt as (head, tail): the conversation is cut from the left, replies cut.
 
     The head (instructions and conversation) is the same in both orders and is run once.
     """
-    context = truncate_prompt_text(tokenizer, prompt, cfg.max_context_tokens)
-    tail = JUDGE_TAIL.format(
-        a=truncate_reply_text(tokenizer, a, cfg.max_reply_tokens),
-        b=truncate_reply_text(tokenizer, b, cfg.max_reply_tokens),
-    )
-    return JUDGE_HEAD.format(context=context), tail
+    head, tail, _ = _judge_orders(tokenizer, prompt, a, b, cfg)
+    return head, tail
 
 
 def judge_prompt(tokenizer, prompt: str, a: str, b: str, cfg) -> str:
@@ -71,9 +76,9 @@ def label_pairs(model, tokenizer, pairs: pd.DataFrame, cfg, autocast=None) -> pd
     """
     heads, tails = [], []
     for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
-        head, forward = judge_parts(tokenizer, p, c, r, cfg)
+        head, forward, backward = _judge_orders(tokenizer, p, c, r, cfg)
         heads.append(head)
-        tails += [forward, judge_parts(tokenizer, p, r, c, cfg)[1]]
+        tails += [forward, backward]
     owner = np.repeat(np.arange(len(heads)), 2)
     hidden = prefix.last_hidden(
         model.base_model, tokenizer, heads, tails, owner, cfg.batch_size, autocast, "label pairs"
