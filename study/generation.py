@@ -103,12 +103,13 @@ def _prefill_shared(model, input_ids, attention_mask):
     equal: the distinct rows are run once and their cache copied to the repeats. Generation then
     resumes from the cache where its own prefill would have left it. None when no prompt repeats.
     """
-    rows = [tuple(r) for r in input_ids.tolist()]
-    first: dict[tuple, int] = {}
-    index = [first.setdefault(r, len(first)) for r in rows]
+    first: dict[tuple, int] = {}  # each distinct row's first position
+    rows = [first.setdefault(tuple(r), i) for i, r in enumerate(input_ids.tolist())]
     if len(first) == len(rows) or input_ids.shape[1] < 2:
         return None
-    keep = torch.tensor([rows.index(r) for r in first])
+    slot = {pos: k for k, pos in enumerate(first.values())}
+    index = [slot[pos] for pos in rows]
+    keep = torch.tensor(list(first.values()))
     cache = prefill(model.base_model, input_ids[keep, :-1], attention_mask[keep, :-1])
     cache.batch_select_indices(torch.tensor(index, device=input_ids.device))
     return cache
