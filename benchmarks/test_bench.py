@@ -521,6 +521,7 @@ def _dpo_timed(model_path, cfg, rows, warmup: int, steps: int, out, stock: bool,
         clock = _StepClock()
         args = training._dpo_args(cfg, out, **_bench_overrides(out, warmup + steps))
         trainer = training._dpo_trainer_class()(
+            study_config=cfg,
             model=_study_trainable(model_path, cfg),
             args=args,
             train_dataset=Dataset.from_list(training.preference_rows(rows, None, tok, cfg)),

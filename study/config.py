@@ -65,6 +65,8 @@ class TrainConfig:
     lora_top_layers: int | None = None  # LoRA on the top N blocks only (None: every block)
     logging_steps: int = 10  # notebook: logging_steps=10
     checkpoint_steps: int = 200  # a killed run resumes from its latest checkpoint (0: none)
+    # Batches of similar length (less padding); False: uniformly shuffled, as the notebook.
+    group_by_length: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "learning_rate": 2e-4,
             "use_lora": True,
             "lora_top_layers": 8,
+            "group_by_length": True,
         },
         "dpo": {"learning_rate": 5e-5},
         "labeler": {"heldout_pairs": 200},

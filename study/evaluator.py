@@ -51,7 +51,10 @@ def train_reward_model(base: Path, pairs: pd.DataFrame, cfg: StudyConfig, out: P
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from study.training import common_args, lora_config
+    from study.training import GroupedBatches, common_args, lora_config
+
+    class StudyRewardTrainer(GroupedBatches, RewardTrainer):
+        pass
 
     model, tok = _load_classifier(base)
     tok.padding_side = "right"
@@ -68,7 +71,8 @@ def train_reward_model(base: Path, pairs: pd.DataFrame, cfg: StudyConfig, out: P
         max_length=cfg.evaluator.max_length + 16,  # slack for tokenisation at the seam
     )
     lora = lora_config(model, cfg, task_type="SEQ_CLS", modules_to_save=["score"])
-    trainer = RewardTrainer(
+    trainer = StudyRewardTrainer(
+        study_config=cfg,
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),

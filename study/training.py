@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -124,6 +125,59 @@ def common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> di
     )
 
 
+def example_lengths(dataset) -> list[int]:
+    """Tokens of each training example as its batch will hold it (both replies of a pair)."""
+    cols = set(dataset.column_names)
+    if "input_ids" in cols:  # SFT
+        return [len(ids) for ids in dataset["input_ids"]]
+    # DPO rows keep the prompt apart; reward-model rows hold it in each reply's ids.
+    prompt = dataset["prompt_ids"] if "prompt_ids" in cols else [[]] * len(dataset)
+    return [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(prompt, dataset["chosen_ids"], dataset["rejected_ids"])
+    ]
+
+
+def grouped_sampler(lengths: list[int], cfg: StudyConfig):
+    """Shuffled batches of similar length (transformers' length-grouped order), seeded.
+
+    Batches are formed at the global batch size, so every process count trains on the same
+    batches; the order depends only on ``train.seed`` and the epoch, so a resumed run replays it.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class Sampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(cfg.train.seed + self.epoch)
+            return iter(
+                get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+            )
+
+    return Sampler(cfg.train.batch_size, lengths=list(lengths))
+
+
+class GroupedBatches:
+    """Trainer mixin: length-grouped batches when ``train.group_by_length`` is set.
+
+    Takes the study configuration as the keyword ``study_config``.
+    """
+
+    def __init__(self, *args, study_config: StudyConfig, **kwargs):
+        self.study_config = study_config
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.study_config.train.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        return grouped_sampler(example_lengths(dataset), self.study_config)
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint whose trainer state was written (the Trainer writes it last).
 
@@ -234,7 +288,12 @@ def train_sft(
     install_label_head(get_base() if get_base else model)
     args = TrainingArguments(**common_args(cfg, checkpoints, cfg.train.learning_rate))
     collator = CountingCollator(PadCollator(tok.pad_token_id))
-    trainer = Trainer(
+
+    class StudyTrainer(GroupedBatches, Trainer):
+        pass
+
+    trainer = StudyTrainer(
+        study_config=cfg,
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
@@ -358,7 +417,7 @@ def install_logprob_head(model) -> bool:
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
-    class StudyDPOTrainer(DPOTrainer):
+    class StudyDPOTrainer(GroupedBatches, DPOTrainer):
         """TRL's DPO trainer with the study's CPU head, taking a reference computed once.
 
         The reference log-probabilities come from ``reference`` (see ``reference_logps``) when
@@ -381,7 +440,11 @@ def _dpo_trainer_class():
             self._install_head()  # runs inside TRL's __init__, after TRL patched its head
             if self._shared_reference is not None:
                 return attach_reference(dataset, self._shared_reference)
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            # Pairs of similar length share a batch (less padding); each pair's values are the
+            # same up to rounding, and the dataset keeps its order.
+            order = np.argsort(example_lengths(dataset), kind="stable")
+            done = super()._precompute_ref_logps(dataset.select(order), name, batch_size)
+            return done.select(np.argsort(order))
 
     return StudyDPOTrainer
 
@@ -440,6 +503,7 @@ def reference_logps(base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: P
     model.requires_grad_(False)
     cast_frozen_linears(model, training_precision(cfg))
     trainer = _dpo_trainer_class()(
+        study_config=cfg,
         model=model,
         args=_dpo_args(cfg, workdir),
         train_dataset=Dataset.from_list(preference_rows(rows, None, tok, cfg)),
@@ -484,6 +548,7 @@ def train_dpo(
     )
     model = _trainable(base, cfg)
     trainer = _dpo_trainer_class()(
+        study_config=cfg,
         model=model,
         args=_dpo_args(cfg, checkpoints),
         train_dataset=Dataset.from_list(data),

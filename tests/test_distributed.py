@@ -30,6 +30,9 @@ def _train(store: Path, launcher: list[str]) -> Path:
         str(store),
         "--arm",
         "sft-chosen",
+        # the cpu profile's length-grouped batches, formed at the global batch size
+        "--set",
+        "train.group_by_length=true",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

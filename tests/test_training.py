@@ -170,6 +170,7 @@ def test_shared_reference_serves_both_label_directions(tmp_path, tiny_path, rows
     flipped = pd.Series([i % 3 == 0 for i in range(len(rows))])
     for prefer in (None, flipped):
         trainer = _dpo_trainer_class()(  # the trainer's own pass, on the policy an arm builds
+            study_config=cfg,
             model=_trainable(tiny_path, cfg),
             args=_dpo_args(cfg, tmp_path / "t"),
             train_dataset=Dataset.from_list(preference_rows(rows, prefer, tok, cfg)),
@@ -248,3 +249,54 @@ def test_lora_starts_the_same_whatever_the_process_drew_before(tiny_path, smoke_
         starts.append({k: v.clone() for k, v in model.named_parameters() if v.requires_grad})
     assert starts[0] and starts[0].keys() == starts[1].keys()
     assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+
+
+def _padded_tokens(lengths, order, batch):
+    return sum(
+        batch * max(lengths[i] for i in order[k : k + batch]) for k in range(0, len(order), batch)
+    )
+
+
+def test_length_grouped_batches_pad_less_and_replay_by_seed_and_epoch(smoke_config):
+    import dataclasses
+
+    from study.training import grouped_sampler
+
+    cfg = dataclasses.replace(
+        smoke_config, train=dataclasses.replace(smoke_config.train, batch_size=8)
+    )
+    lengths = [
+        int(x) for x in torch.randint(20, 128, (1000,), generator=torch.Generator().manual_seed(1))
+    ]
+    sampler = grouped_sampler(lengths, cfg)
+    first = list(sampler)
+    assert sorted(first) == list(range(1000))
+    assert list(grouped_sampler(lengths, cfg)) == first  # same seed, same epoch: same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    assert _padded_tokens(lengths, first, 8) < 0.8 * _padded_tokens(lengths, shuffled, 8)
+
+
+def test_example_lengths_count_the_longer_reply_of_a_pair():
+    from datasets import Dataset
+
+    from study.training import example_lengths
+
+    sft = Dataset.from_list([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}])
+    dpo = Dataset.from_list([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5, 6]}])
+    reward = Dataset.from_list([{"chosen_ids": [1, 2, 3, 4], "rejected_ids": [5]}])
+    assert example_lengths(sft) == [3, 1]
+    assert example_lengths(dpo) == [5]
+    assert example_lengths(reward) == [4]
+
+
+def test_sft_with_grouped_batches_trains_on_every_row(tmp_path, tiny_path, rows, smoke_config):
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        smoke_config, train=dataclasses.replace(smoke_config.train, group_by_length=True)
+    )
+    summary = train_sft("sft-chosen", tiny_path, rows, cfg, tmp_path / "arm")
+    assert summary["rows_per_process"] == [len(rows)]
+    assert math.isfinite(summary["final_loss"])
