@@ -27,6 +27,7 @@ from study.evaluator import accuracy, load_reward_model, rewards, train_reward_m
 from study.store import build_dir, cached_json, read_json, write_json
 from study.training import (
     SFT_REPLY,
+    frozen_states_path,
     load_arm,
     per_device_batch,
     reference_logps,
@@ -190,8 +191,11 @@ def _build_distributed(final: Path, build, device: str) -> tuple[Path, bool]:
     return final, True
 
 
-def reference_stage(ctx: Context, data: data_mod.StudyData) -> dict:
-    """The DPO reference log-probabilities of the training pairs, computed once for both arms."""
+def reference_stage(ctx: Context, data: data_mod.StudyData) -> tuple[dict, Path | None]:
+    """The DPO reference log-probabilities of the training pairs, computed once for both arms.
+
+    Also returns the file of the frozen blocks' states the pass kept (None: not kept).
+    """
     cfg = ctx.cfg
     key = config_hash(
         {
@@ -206,18 +210,22 @@ def reference_stage(ctx: Context, data: data_mod.StudyData) -> dict:
     )
     path = ctx.store / "reference" / f"{key}.json"
     workdir = ctx.store / "reference" / f".{key}.work"
+    states = frozen_states_path(path.parent, key, cfg)
 
     def compute():
         try:
-            return reference_logps(ctx.base, data.train, cfg, workdir)
+            # The states are written before the JSON that marks the stage done; several
+            # processes would write them at once, so only a single process keeps them.
+            keep = states if world_size() == 1 else None
+            return reference_logps(ctx.base, data.train, cfg, workdir, keep)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
     with ctx.timer.stage("reference"):
         if world_size() > 1:
-            return _json_distributed(path, compute, ctx.device)
+            return _json_distributed(path, compute, ctx.device), states
         reference, _ = cached_json(path, compute)
-    return reference
+    return reference, states
 
 
 def _json_distributed(path: Path, compute, device: str):
@@ -238,7 +246,9 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
     # Checkpoints live under a name fixed by the key, so a rerun finds an interrupted run's.
     checkpoints = ctx.store / "checkpoints" / f"{arm}-{key}"
     # The shared reference pass is timed as its own stage, and only run when an arm needs it.
-    reference = None if arm in SFT_REPLY or final.exists() else reference_stage(ctx, data)
+    reference, states = (None, None)
+    if arm not in SFT_REPLY and not final.exists():
+        reference, states = reference_stage(ctx, data)
 
     def build(tmp: Path):
         log.info("training %s into %s", arm, final.name)
@@ -249,7 +259,7 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             if arm == "dpo-ai":
                 prefer = pd.Series(labels["train"]["pref_chosen"]) > 0.5
             summary = train_dpo(
-                arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints, reference
+                arm, ctx.base, data.train, ctx.cfg, tmp, prefer, checkpoints, reference, states
             )
         summary.update(arm=arm, key=key, config=to_dict(ctx.cfg), n_processes=world_size())
         if is_main_process():

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from study import frozen
 from study.config import StudyConfig
 from study.models import (
     cast_frozen_linears,
@@ -489,11 +490,31 @@ def _dpo_args(cfg: StudyConfig, checkpoints: Path, **overrides):
     )
 
 
-def reference_logps(base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: Path) -> dict:
+def frozen_states_path(folder: Path, name: str, cfg: StudyConfig) -> Path | None:
+    """Where the reference pass keeps the states entering the lowest trained block.
+
+    None when every block trains. The name carries the number of trained blocks, which decides
+    the block whose input is kept.
+    """
+    if not cfg.train.use_lora or not cfg.train.lora_top_layers:
+        return None
+    return folder / f"{name}.states-top{cfg.train.lora_top_layers}.safetensors"
+
+
+def _body(model):
+    get_base = getattr(model, "get_base_model", None)  # PEFT wraps the model
+    return (get_base() if get_base else model).base_model
+
+
+def reference_logps(
+    base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: Path, states: Path | None = None
+) -> dict:
     """Log-probabilities of both replies of every pair under the base model (the DPO reference).
 
     Computed once and shared by `dpo-human` and `dpo-ai`, whose pairs differ only in direction.
-    Returns the columns of ``REFERENCE_COLUMNS`` as lists.
+    Returns the columns of ``REFERENCE_COLUMNS`` as lists. With ``states`` (and LoRA on the top
+    blocks only), the hidden states entering the lowest trained block are written there for the
+    DPO arms to start from (``study/frozen.py``).
     """
     from datasets import Dataset
 
@@ -502,6 +523,10 @@ def reference_logps(base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: P
     model = load_model(base)
     model.requires_grad_(False)
     cast_frozen_linears(model, training_precision(cfg))
+    n_frozen = frozen.n_frozen_blocks(model, cfg.train.lora_top_layers if cfg.train.use_lora else 0)
+    memo: dict = {}
+    if states is not None and n_frozen:
+        frozen.install(_body(model), n_frozen, memo, record=True)
     trainer = _dpo_trainer_class()(
         study_config=cfg,
         model=model,
@@ -510,6 +535,11 @@ def reference_logps(base: Path, rows: pd.DataFrame, cfg: StudyConfig, workdir: P
         processing_class=tok,
     )
     ds = trainer.train_dataset
+    if memo:
+        tmp = states.with_name(states.name + ".partial")
+        frozen.save(memo, tmp)
+        os.replace(tmp, states)  # the states file is whole or absent
+        log.info("kept the frozen blocks' states of %d sequences in %s", len(memo), states.name)
     return {k: list(ds[k]) for k in REFERENCE_COLUMNS}
 
 
@@ -522,12 +552,14 @@ def train_dpo(
     prefer_first: pd.Series | None = None,
     checkpoints: Path | None = None,
     reference: dict | None = None,
+    states: Path | None = None,
 ) -> dict:
     """DPO from a fresh base copy; only the label direction differs between the DPO arms.
 
     ``prefer_first`` holds the AI labels (True: the human-chosen reply is preferred); None
     trains on the human labels. ``reference`` is the output of ``reference_logps`` on the same
-    rows (None: computed here). Other arguments as in ``train_sft``.
+    rows (None: computed here); ``states`` the frozen blocks' states it kept, if any. Other
+    arguments as in ``train_sft``.
     """
     checkpoints = checkpoints or out / "trainer"
     import tempfile
@@ -547,6 +579,10 @@ def train_dpo(
         for d in data
     )
     model = _trainable(base, cfg)
+    stand_in = None
+    n_frozen = frozen.n_frozen_blocks(model, cfg.train.lora_top_layers if cfg.train.use_lora else 0)
+    if states is not None and states.exists() and n_frozen:
+        stand_in = frozen.install(_body(model), n_frozen, frozen.load(states))
     trainer = _dpo_trainer_class()(
         study_config=cfg,
         model=model,
@@ -564,6 +600,8 @@ def train_dpo(
         int(min(n_tokens, 2 * len(data) * cfg.train.max_length) * cfg.train.epochs),
     )
     summary["resumed_from_step"] = resumed
+    if stand_in is not None:  # sequences whose frozen blocks were read, not run
+        summary["frozen_states"] = {"read": stand_in.hits, "run": stand_in.misses}
     summary["n_flipped"] = 0 if prefer_first is None else int((~prefer_first.astype(bool)).sum())
     tok.padding_side = "left"
     _save(trainer, tok, out)
