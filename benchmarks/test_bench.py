@@ -1,8 +1,10 @@
 """Our way against the notebook's way, measured side by side in one run (``make bench``).
 
 1. training throughput (tokens/s) and MFU of the SFT recipe;
-2. greedy generation of 48 scenario prompts, batched against one prompt at a time;
-3. scoring throughput (replies/s).
+2. the DPO step (the study's output head against TRL's; the frozen lower blocks' states read
+   against run), the shared reference pass, and the padding saved by length-grouped batches;
+3. greedy generation of 48 scenario prompts, batched against one prompt at a time;
+4. scoring throughput (replies/s).
 
 Each test times our way with pytest-benchmark (one round: a run is long) and its baseline with
 ``time.perf_counter`` in the same process, then records both, the ratio and the target for
@@ -500,29 +502,42 @@ def test_training_throughput(
 # -- DPO ----------------------------------------------------------------------------------------
 
 
-def _dpo_timed(model_path, cfg, rows, warmup: int, steps: int, out, stock: bool, monkeypatch):
+def _dpo_timed(model_path, cfg, rows, warmup, steps, out, monkeypatch, stock=False, states=False):
     """The study's DPO arm on ``rows``: reference pass, then ``warmup + steps`` timed steps.
 
-    ``stock`` keeps TRL's own output head (what TRL runs on a device without Triton).
+    ``stock`` keeps TRL's own output head (what TRL runs on a device without Triton); ``states``
+    has the reference pass keep the frozen lower blocks' states and the arm read them
+    (``study/frozen.py``) instead of running those blocks.
     """
     from datasets import Dataset
 
     from study import training
     from study.models import load_tokenizer
 
+    keep = training.frozen_states_path(out, "reference", cfg) if states else None
     with monkeypatch.context() as patch:
         if stock:
             patch.setattr(training, "install_logprob_head", lambda model: False)
         tok = load_tokenizer(model_path)
         tok.padding_side = "right"
         t = time.perf_counter()
-        reference = training.reference_logps(model_path, rows, cfg, out / "reference")
+        if keep is None:
+            reference = training.reference_logps(model_path, rows, cfg, out / "reference")
+        else:
+            reference = training.reference_logps(model_path, rows, cfg, out / "reference", keep)
         reference_s = time.perf_counter() - t
         clock = _StepClock()
         args = training._dpo_args(cfg, out, **_bench_overrides(out, warmup + steps))
+        model = _study_trainable(model_path, cfg)
+        stand_in = None
+        if keep is not None and keep.exists():  # a model with no frozen block keeps none
+            from study import frozen
+
+            n_frozen = frozen.n_frozen_blocks(model, cfg.train.lora_top_layers)
+            stand_in = frozen.install(training._body(model), n_frozen, frozen.load(keep))
         trainer = training._dpo_trainer_class()(
             study_config=cfg,
-            model=_study_trainable(model_path, cfg),
+            model=model,
             args=args,
             train_dataset=Dataset.from_list(training.preference_rows(rows, None, tok, cfg)),
             processing_class=tok,
@@ -535,6 +550,8 @@ def _dpo_timed(model_path, cfg, rows, warmup: int, steps: int, out, stock: bool,
         "reference_s": reference_s,
         "reference": reference,
         "step_s": (clock.ends[-1] - clock.ends[warmup - 1]) / steps,
+        "read": None if stand_in is None else (stand_in.hits, stand_in.misses),
+        "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
     }
 
 
@@ -543,46 +560,52 @@ def test_dpo_step(benchmark, model_path, cpu_config, study_data, sizes, tmp_path
     batch = cfg.train.batch_size
     warmup, steps = sizes.train_warmup_steps, sizes.train_steps
     rows = study_data.train.iloc[: (warmup + steps) * batch]
+    timed = (model_path, cfg, rows, warmup, steps)
     ours = benchmark.pedantic(
         _dpo_timed,
-        args=(model_path, cfg, rows, warmup, steps, tmp_path / "ours", False, monkeypatch),
+        args=(*timed, tmp_path / "ours", monkeypatch),
+        kwargs={"states": True},
         rounds=1,
         iterations=1,
     )
     gc.collect()
-    stock = _dpo_timed(model_path, cfg, rows, warmup, steps, tmp_path / "stock", True, monkeypatch)
+    blocks = _dpo_timed(*timed, tmp_path / "blocks", monkeypatch)
+    gc.collect()
+    stock = _dpo_timed(*timed, tmp_path / "stock", monkeypatch, stock=True)
     gc.collect()
     drift = max(
         abs(a - b)
         for column in ("ref_chosen_logps", "ref_rejected_logps")
-        for a, b in zip(ours["reference"][column], stock["reference"][column])
+        for a, b in zip(blocks["reference"][column], stock["reference"][column])
     )
-    step_ratio = stock["step_s"] / ours["step_s"]
+    head_ratio = stock["step_s"] / blocks["step_s"]
+    states_ratio = blocks["step_s"] / ours["step_s"]
     # Per DPO arm: the stock way runs its own reference pass; ours runs one for both arms.
     ref_ratio = 2 * stock["reference_s"] / ours["reference_s"]
     n_pairs = len(rows)
     print(
-        f"\nDPO: step {ours['step_s']:.2f}s vs stock {stock['step_s']:.2f}s ({step_ratio:.2f}x); "
-        f"reference for two arms {ours['reference_s']:.1f}s vs {2 * stock['reference_s']:.1f}s"
+        f"\nDPO: step {ours['step_s']:.2f}s, blocks run {blocks['step_s']:.2f}s, stock "
+        f"{stock['step_s']:.2f}s; reference for two arms {ours['reference_s']:.1f}s vs "
+        f"{2 * stock['reference_s']:.1f}s"
     )
     common = (
         f"- The cpu profile's DPO arm (LoRA on the top {cfg.train.lora_top_layers} blocks, "
-        f"bf16 autocast, batch {batch} pairs) on its first {n_pairs} training pairs; the stock "
-        "way is the same code with TRL's own output head."
+        f"bf16 autocast, batch {batch} pairs) on its first {n_pairs} training pairs, "
+        f"{warmup} warm-up + {steps} timed steps each."
     )
     record(
         report.Result(
-            "DPO optimizer step",
+            "DPO optimizer step (output head)",
             "pairs/s",
-            batch / ours["step_s"],
+            batch / blocks["step_s"],
             batch / stock["step_s"],
-            step_ratio,
+            head_ratio,
             "> 1x (no target set)",
-            step_ratio > 1,
+            head_ratio > 1,
             [
                 common,
-                f"- {warmup} warm-up + {steps} timed steps each: ours {ours['step_s']:.2f} s per "
-                f"step, stock {stock['step_s']:.2f} s per step.",
+                f"- Both run every block; ours {blocks['step_s']:.2f} s per step with the "
+                f"study's head, stock {stock['step_s']:.2f} s per step with TRL's.",
                 "- TRL projects every position through the output head in vocabulary tiles and, "
                 "without Triton, folds each tile with elementwise torch operations forward and "
                 "backward; the study's head projects only labelled positions and differentiates "
@@ -601,13 +624,130 @@ def test_dpo_step(benchmark, model_path, cpu_config, study_data, sizes, tmp_path
             ref_ratio > 1,
             [
                 common,
-                f"- Ours: one pass over the {n_pairs} pairs with the study's head, shared by "
-                f"`dpo-human` and `dpo-ai`: {ours['reference_s']:.1f} s. Stock: one pass with "
-                f"TRL's head per arm, measured once ({stock['reference_s']:.1f} s) and counted "
-                "twice.",
-                f"- Largest difference between the two passes' log-probabilities: {drift:.2e} "
-                "nats (sums over a reply's tokens).",
+                f"- Ours: one pass over the {n_pairs} pairs with the study's head, keeping the "
+                f"frozen blocks' states, shared by `dpo-human` and `dpo-ai`: "
+                f"{ours['reference_s']:.1f} s (without keeping the states: "
+                f"{blocks['reference_s']:.1f} s). Stock: one pass with TRL's head per arm, "
+                f"measured once ({stock['reference_s']:.1f} s) and counted twice.",
+                f"- Largest difference between the study's and TRL's log-probabilities: "
+                f"{drift:.2e} nats (sums over a reply's tokens).",
             ],
+        )
+    )
+    if ours["read"] is None:
+        return  # every block of this model trains
+    read, run = ours["read"]
+    loss_gap = max(abs(a - b) for a, b in zip(ours["losses"], blocks["losses"]))
+    record(
+        report.Result(
+            "DPO optimizer step (frozen blocks' states read)",
+            "pairs/s",
+            batch / ours["step_s"],
+            batch / blocks["step_s"],
+            states_ratio,
+            "> 1x (no target set)",
+            states_ratio > 1,
+            [
+                common,
+                f"- Ours reads the states entering the lowest trained block, kept by the "
+                f"reference pass, for {read} sequences ({run} ran the frozen blocks): "
+                f"{ours['step_s']:.2f} s per step; running all blocks: {blocks['step_s']:.2f} s.",
+                f"- Largest difference between the two runs' logged losses: {loss_gap:.2e}.",
+            ],
+        )
+    )
+
+
+def _padded_per_epoch(lengths, order, batch: int, rows_per_example: int) -> int:
+    """Tokens the model computes in one epoch when each batch is padded to its longest row."""
+    return sum(
+        rows_per_example * len(order[k : k + batch]) * max(lengths[i] for i in order[k : k + batch])
+        for k in range(0, len(order), batch)
+    )
+
+
+def test_length_grouping(benchmark, model_path, cpu_config, study_data, tmp_path):
+    """Padded tokens per epoch: length-grouped batches against uniformly shuffled ones."""
+    from datasets import Dataset
+
+    from study import training
+    from study.models import load_tokenizer
+    from study.preprocess import sft_example
+
+    cfg = cpu_config
+    batch = cfg.train.batch_size
+    if not cfg.train.group_by_length:
+        pytest.skip("the cpu profile does not group batches by length")
+    rows = study_data.train
+    tok = load_tokenizer(model_path)
+    tok.padding_side = "right"
+    sft = [
+        len(sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)["input_ids"])
+        for p, r in zip(rows["prompt"], rows["chosen"])
+    ]
+    pairs = training.preference_rows(rows, None, tok, cfg)
+    # Placeholder reference values: only the tokenized lengths are used. TRL may end the replies
+    # with EOS before looking them up, so both spellings are listed.
+    eos = tok.eos_token
+    both = [(d, end) for d in pairs for end in ("", eos)]
+    reference = {
+        "prompt": [d["prompt"] for d, _ in both],
+        "chosen": [d["chosen"] + end for d, end in both],
+        "rejected": [d["rejected"] + end for d, end in both],
+        "ref_chosen_logps": [0.0] * len(both),
+        "ref_rejected_logps": [0.0] * len(both),
+    }
+    trainer = training._dpo_trainer_class()(  # tokenizes the pairs as a DPO arm does
+        study_config=cfg,
+        model=_study_trainable(model_path, cfg),
+        args=training._dpo_args(cfg, tmp_path),
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tok,
+        reference=reference,
+    )
+    ds = trainer.train_dataset
+    dpo = [min(n, cfg.train.max_length) for n in training.example_lengths(ds)]
+    dpo_real = sum(
+        min(len(p) + len(c), cfg.train.max_length) + min(len(p) + len(r), cfg.train.max_length)
+        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+    )
+    notes = [f"- The cpu profile's {len(rows)} training pairs, batches of {batch}, one epoch."]
+    padded = {}
+    for name, lengths, per, real in (("SFT", sft, 1, sum(sft)), ("DPO", dpo, 2, dpo_real)):
+        generator = torch.Generator().manual_seed(cfg.train.seed)
+        shuffled = torch.randperm(len(lengths), generator=generator).tolist()
+        sampler = training.grouped_sampler(lengths, cfg)
+        if name == "DPO":  # pytest-benchmark's timing: drawing one epoch's order
+            grouped = benchmark.pedantic(list, args=(sampler,), rounds=1, iterations=1)
+        else:
+            grouped = list(sampler)
+        padded[name] = (
+            _padded_per_epoch(lengths, grouped, batch, per),
+            _padded_per_epoch(lengths, shuffled, batch, per),
+        )
+        ours, base = padded[name]
+        notes.append(
+            f"- {name}: {real:,} real tokens; padded to each batch's longest row: {ours:,} "
+            f"grouped ({real / ours:.0%} real), {base:,} shuffled ({real / base:.0%} real), "
+            f"{base / ours:.2f}x."
+        )
+    notes.append(
+        "- Grouping (transformers' length-grouped order, seeded, formed at the global batch) "
+        "sorts random mega-batches of about 50 batches by length; the order of the mega-batches "
+        "stays random. The model computes on padded tokens, so the ratio bounds what grouping "
+        "saves in the body of every training step (the DPO reference pass sorts all pairs)."
+    )
+    ours, base = padded["DPO"]
+    record(
+        report.Result(
+            "padded DPO training tokens per epoch",
+            "tokens",
+            ours,
+            base,
+            base / ours,
+            "> 1x (no target set)",
+            base > ours,
+            notes,
         )
     )
 

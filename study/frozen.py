@@ -88,11 +88,18 @@ class _Pass(torch.nn.Module):
 
 
 def _returns_tuple(body, layers) -> bool:
+    """Whether a block returns a tuple (GPT-Neo) or the hidden states alone (Llama).
+
+    Found with a two-token pass, under autocast when frozen weights are stored in half precision.
+    """
     seen = []
     handle = layers[0].register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
+    params = list(body.parameters())
+    device = params[0].device
+    half = [p.dtype for p in params if p.dtype in (torch.bfloat16, torch.float16)]
+    autocast = torch.autocast(device.type, dtype=half[0] if half else None, enabled=bool(half))
     try:
-        with torch.no_grad():
-            device = next(body.parameters()).device
+        with torch.no_grad(), autocast:
             body(input_ids=torch.zeros((1, 2), dtype=torch.long, device=device))
     finally:
         handle.remove()

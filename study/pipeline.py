@@ -33,6 +33,7 @@ from study.training import (
     reference_logps,
     train_dpo,
     train_sft,
+    training_precision,
     world_size,
 )
 
@@ -104,6 +105,7 @@ def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
         "base_weights": base_hash,
         **_data_key(ctx.cfg, fingerprint),
         "train": _train_key(ctx.cfg),
+        "precision": training_precision(ctx.cfg),  # bf16 and fp32 training give other weights
     }
     if arm.startswith("dpo"):
         parts["dpo"] = to_dict(ctx.cfg.dpo)
@@ -287,6 +289,7 @@ def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> d
             "version": STAGE_VERSIONS["evaluator"],
             "evaluator": to_dict(cfg.evaluator),
             "train": _train_key(cfg),
+            "precision": training_precision(cfg),
             "base_weights": base_hash,
             **_data_key(cfg, data.summary["fingerprint"]),
         }

@@ -76,6 +76,23 @@ def test_a_miss_runs_the_blocks_and_a_hit_reads_them(model_path):
     assert sorted(len(k) for k in memo) == sorted(enc["attention_mask"].sum(1).tolist())
 
 
+def test_install_on_half_precision_frozen_weights(model_path):
+    from study.models import cast_frozen_linears
+
+    tok = load_tokenizer(model_path)
+    enc = _batch(tok)
+    model = load_model(model_path).eval()
+    model.requires_grad_(False)
+    cast_frozen_linears(model, "bf16")  # what the reference pass and the arms run on the CPU
+    memo = {}
+    frozen.install(model.base_model, 1, memo, record=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = model(**enc).logits
+        second = model(**enc).logits
+    mask = enc["attention_mask"].bool()
+    assert len(memo) == 2 and torch.equal(second[mask], first[mask])
+
+
 def test_states_survive_the_file(tmp_path):
     memo = {(1, 2, 3): torch.randn(3, 4), (5,): torch.randn(1, 4)}
     frozen.save(memo, tmp_path / "s.safetensors")

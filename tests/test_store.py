@@ -49,6 +49,9 @@ def test_changing_one_training_field_retrains_only_affected_arms(tmp_path):
     assert all(a.get("is_cached") is False for arm, a in fourth["arms"].items() if arm != "base")
     assert len(list((tmp_path / "reference").glob("*.json"))) == 2
     assert not list((tmp_path / "reference").glob(".*.work"))  # no work folder left behind
+    bf16 = resolve("smoke", overrides={"model": {"precision": "bf16"}})
+    fifth = pipeline.run_study(bf16, tmp_path, until="train")
+    assert all(a.get("is_cached") is False for arm, a in fifth["arms"].items() if arm != "base")
 
 
 def _train_cmd(store: Path, extra=()):
