@@ -392,8 +392,9 @@ def _arms_section(r: dict) -> list[str]:
     return [
         "## Arms",
         "",
-        "Every trained arm starts from its own fresh copy of the base model, on the same "
-        "rows in the same order with the same hyper-parameters.",
+        "Every trained arm starts from its own fresh copy of the base model and trains on the "
+        "same pairs with the same hyper-parameters; the two arms of a protocol see the same "
+        "batches in the same order (length-grouped batches follow each pair's longer reply).",
         "",
         _table(
             [

@@ -127,9 +127,16 @@ def common_args(cfg: StudyConfig, checkpoints: Path, learning_rate: float) -> di
 
 
 def example_lengths(dataset) -> list[int]:
-    """Tokens of each training example as its batch will hold it (both replies of a pair)."""
+    """Length of each training example by which batches are grouped.
+
+    A pair's length is that of its longer reply with the prompt, so that arms trained on the
+    same pairs (both SFT arms, both DPO arms) group them into the same batches. SFT rows carry
+    it as ``pair_length``.
+    """
     cols = set(dataset.column_names)
-    if "input_ids" in cols:  # SFT
+    if "pair_length" in cols:
+        return list(dataset["pair_length"])
+    if "input_ids" in cols:
         return [len(ids) for ids in dataset["input_ids"]]
     # DPO rows keep the prompt apart; reward-model rows hold it in each reply's ids.
     prompt = dataset["prompt_ids"] if "prompt_ids" in cols else [[]] * len(dataset)
@@ -277,12 +284,19 @@ def train_sft(
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    reply_col = SFT_REPLY[arm]
     tok = load_tokenizer(base)
-    examples = [
-        sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
-        for p, r in zip(rows["prompt"], rows[reply_col])
-    ]
+
+    def encode(column):
+        return [
+            sft_example(tok, p, r, cfg.train.max_length, cfg.train.max_reply_tokens)
+            for p, r in zip(rows["prompt"], rows[column])
+        ]
+
+    examples = encode(SFT_REPLY[arm])
+    if cfg.train.group_by_length:  # both SFT arms group the pairs alike
+        pair = zip(encode("chosen"), encode("rejected"))
+        for e, (c, r) in zip(examples, pair):
+            e["pair_length"] = max(len(c["input_ids"]), len(r["input_ids"]))
     n_tokens = sum(len(e["input_ids"]) for e in examples)
     model = _trainable(base, cfg)
     get_base = getattr(model, "get_base_model", None)  # PEFT wraps the model

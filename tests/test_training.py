@@ -291,12 +291,28 @@ def test_example_lengths_count_the_longer_reply_of_a_pair():
     assert example_lengths(reward) == [4]
 
 
-def test_sft_with_grouped_batches_trains_on_every_row(tmp_path, tiny_path, rows, smoke_config):
+def test_both_sft_arms_group_the_pairs_into_the_same_batches(
+    tmp_path, tiny_path, rows, smoke_config, monkeypatch
+):
     import dataclasses
+
+    from study import training
 
     cfg = dataclasses.replace(
         smoke_config, train=dataclasses.replace(smoke_config.train, group_by_length=True)
     )
-    summary = train_sft("sft-chosen", tiny_path, rows, cfg, tmp_path / "arm")
-    assert summary["rows_per_process"] == [len(rows)]
-    assert math.isfinite(summary["final_loss"])
+    seen = {}
+    own = training.grouped_sampler
+
+    def spy(lengths, config):
+        sampler = own(lengths, config)
+        seen[arm] = (list(lengths), list(sampler))
+        return sampler
+
+    monkeypatch.setattr(training, "grouped_sampler", spy)
+    for arm in ("sft-chosen", "sft-rejected"):
+        summary = train_sft(arm, tiny_path, rows, cfg, tmp_path / arm)
+        assert summary["rows_per_process"] == [len(rows)]
+        assert math.isfinite(summary["final_loss"])
+    assert seen["sft-chosen"] == seen["sft-rejected"]
+    assert len(set(seen["sft-chosen"][0])) > 1  # the lengths differ, the order follows them
