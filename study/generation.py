@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor
 
 from study.config import Decoding
-from study.prefix import prefill
+from study.prefix import positions, prefill
 from study.prompts import HUMAN
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,10 @@ def sample_seed(run_seed: int, arm: str, prompt_id: str, sample: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
 
 
-class RowSampler(LogitsProcessor):
-    """Turns each row's logits into a one-hot choice drawn from that row's own generator.
+class RowSampler:
+    """Draws each row's next token from that row's own generator.
 
-    Greedy decoding on the returned scores then picks exactly the sampled token. With
-    ``generators`` None the row's argmax is kept (greedy), after the repetition penalty.
+    With ``generators`` None each row takes its argmax (greedy), after the repetition penalty.
     """
 
     def __init__(self, decoding: Decoding, n_pad: list[int], generators, greedy: bool):
@@ -41,6 +39,11 @@ class RowSampler(LogitsProcessor):
         self.n_pad = n_pad
         self.generators = generators
         self.greedy = greedy
+
+    def select(self, rows: list[int]) -> RowSampler:
+        """The sampler of the given rows only (in that order), each keeping its own generator."""
+        generators = None if self.generators is None else [self.generators[i] for i in rows]
+        return RowSampler(self.d, [self.n_pad[i] for i in rows], generators, self.greedy)
 
     def _penalise(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         penalty = self.d.repetition_penalty
@@ -53,8 +56,9 @@ class RowSampler(LogitsProcessor):
             scores[i].scatter_(0, seen, got)
         return scores
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = self._penalise(input_ids, scores.float().clone())
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.LongTensor:
+        """The next token of each row of ``scores`` (logits), given the row's tokens so far."""
+        scores = self._penalise(input_ids, scores.float())
         if self.greedy:
             choice = scores.argmax(dim=-1)
         else:
@@ -72,9 +76,7 @@ class RowSampler(LogitsProcessor):
             )
             pick = torch.searchsorted(cdf, u[:, None]).clamp(max=k - 1)
             choice = index.gather(1, pick)[:, 0]
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, choice[:, None], 0.0)
-        return out
+        return choice
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,67 @@ def _prefill_shared(model, input_ids, attention_mask):
     cache = prefill(model.base_model, input_ids[keep, :-1], attention_mask[keep, :-1])
     cache.batch_select_indices(torch.tensor(index, device=input_ids.device))
     return cache
+
+
+def _decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache,
+    sampler: RowSampler,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    eos: int,
+) -> list[list[int]]:
+    """Each row's new tokens (its EOS last, when drawn); finished rows leave the batch.
+
+    ``cache`` holds every row's prompt but its last token, or is None (the whole prompt is run
+    first). Finished rows' cache, mask and sampler state are dropped once a sixteenth of the
+    batch has finished, so the remaining steps cost about what the unfinished rows need; a row's
+    numbers are those of a batch that kept it, up to rounding.
+    """
+    n = input_ids.shape[0]
+    new: list[list[int]] = [[] for _ in range(n)]
+    alive = list(range(n))  # the request row of each batch slot
+    finished = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+    ids, mask = input_ids, attention_mask
+    step_ids = ids if cache is None else ids[:, -1:]
+    for step in range(max_new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=positions(mask)[:, -step_ids.shape[1] :],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.cache
+        scores = out.logits[:, -1, :].float()  # a copy when the logits are bf16
+        if scores.data_ptr() == out.logits.data_ptr():
+            scores = scores.clone()
+        if step < min_new_tokens:
+            scores[:, eos] = float("-inf")
+        token = sampler(ids, scores)
+        for row, t, done in zip(alive, token.tolist(), finished.tolist()):
+            if not done:
+                new[row].append(t)
+        finished |= token == eos
+        if bool(finished.all()):
+            break
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+        step_ids = token[:, None]
+        # Dropping rows copies the whole cache, so finished rows go a few at a time.
+        if int(finished.sum()) * 16 >= len(alive) and step + 1 < max_new_tokens:
+            keep = (~finished).nonzero()[:, 0]
+            ids, mask, step_ids = ids[keep], mask[keep], step_ids[keep]
+            cache.batch_select_indices(keep)
+            picked = keep.tolist()
+            alive = [alive[k] for k in picked]
+            sampler = sampler.select(picked)
+            finished = finished[keep]
+    return new
 
 
 def generate(
@@ -155,24 +218,19 @@ def generate(
         sampler = RowSampler(decoding, n_pad, generators, greedy)
         with torch.no_grad(), ctx:
             cache = _prefill_shared(model, enc["input_ids"], enc["attention_mask"])
-            out = model.generate(
-                **enc,
-                cache=cache,
-                do_sample=False,
-                num_beams=1,
+            new = _decode(
+                model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                cache,
+                sampler,
                 max_new_tokens=decoding.max_new_tokens,
-                min_new_tokens=min_new_tokens or None,
-                logits_processor=[sampler],
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
-                temperature=None,
-                top_k=None,
-                top_p=None,
+                min_new_tokens=min_new_tokens,
+                eos=eos,
             )
-        new = out[:, enc["input_ids"].shape[1] :].tolist()
         for row, idx in zip(new, batch):
-            is_eos = eos in row
-            tokens = row[: row.index(eos)] if is_eos else row
+            is_eos = bool(row) and row[-1] == eos
+            tokens = row[:-1] if is_eos else row
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             results[idx] = {"reply": cut_reply(text), "n_tokens": len(tokens), "is_eos": is_eos}
     return results  # type: ignore[return-value]

@@ -58,3 +58,43 @@ def test_sample_seed_is_stable_and_distinct():
 
 def test_reply_is_cut_at_a_new_human_turn():
     assert cut_reply(" Sure thing.\n\nHuman: and more?") == "Sure thing."
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_rows_leave_the_batch_at_their_eos_without_changing_the_others(
+    tiny_model, tiny_tok, greedy
+):
+    import torch
+
+    from study.generation import RowSampler, _decode
+
+    texts = [SHORT, LONG, SHORT + " ok", "\n\nHuman: maps\n\nAssistant:", "\n\nHuman: hi"] * 4
+    reqs = _reqs(texts)
+    tiny_tok.padding_side = "left"
+    enc = tiny_tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    n_pad = (enc["attention_mask"] == 0).sum(dim=1).tolist()
+
+    def run(eos):
+        gens = None if greedy else [torch.Generator().manual_seed(r.seed) for r in reqs]
+        sampler = RowSampler(DEC, n_pad, gens, greedy)
+        with torch.no_grad():
+            return _decode(
+                tiny_model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                None,
+                sampler,
+                max_new_tokens=16,
+                min_new_tokens=0,
+                eos=eos,
+            )
+
+    free = run(eos=-1)
+    assert all(len(row) == 16 for row in free)
+    # An end-of-sequence token that some rows draw early and others never draw.
+    counts = {t: sum(t in row[:8] for row in free) for row in free for t in row}
+    stop = max((t for t in counts if counts[t] < len(free)), key=lambda t: counts[t])
+    cut = run(eos=stop)
+    assert 0 < sum(stop in row for row in cut) < len(cut)
+    for f, c in zip(free, cut):
+        assert c == (f[: f.index(stop) + 1] if stop in f else f)
