@@ -527,7 +527,9 @@ def _dpo_timed(model_path, cfg, rows, warmup, steps, out, monkeypatch, stock=Fal
             reference = training.reference_logps(model_path, rows, cfg, out / "reference", keep)
         reference_s = time.perf_counter() - t
         clock = _StepClock()
-        args = training._dpo_args(cfg, out, **_bench_overrides(out, warmup + steps))
+        # every step's loss is logged, so the variants' losses can be compared step by step
+        overrides = {**_bench_overrides(out, warmup + steps), "logging_steps": 1}
+        args = training._dpo_args(cfg, out, **overrides)
         model = _study_trainable(model_path, cfg)
         stand_in = None
         if keep is not None and keep.exists():  # a model with no frozen block keeps none
@@ -637,6 +639,7 @@ def test_dpo_step(benchmark, model_path, cpu_config, study_data, sizes, tmp_path
     if ours["read"] is None:
         return  # every block of this model trains
     read, run = ours["read"]
+    assert len(ours["losses"]) == len(blocks["losses"]) == warmup + steps
     loss_gap = max(abs(a - b) for a, b in zip(ours["losses"], blocks["losses"]))
     record(
         report.Result(

@@ -182,6 +182,7 @@ def build_results(
         "tests": tests or {},
         "stability": run.get("stability"),
         "timings": run["timings"],
+        "built_seconds": run.get("built_seconds", {}),
         "examples": examples(replies),
         "n_replies": len(replies),
         "n_empty_replies": int((replies["reply"].str.strip() == "").sum()),
@@ -590,14 +591,28 @@ def _provenance_section(r: dict) -> list[str]:
     ]
 
 
+def _seconds(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def _timing_section(r: dict) -> list[str]:
-    rows = [[escape(k), f"{v:.1f}"] for k, v in r["timings"].items()]
+    built = r.get("built_seconds") or {}
+    stages = {k: v for k, v in r["timings"].items() if k != "total"}
+    rows = [[escape(k), f"{v:.1f}", _seconds(built.get(k))] for k, v in stages.items()]
+    known = [built.get(k) for k in stages]
+    total_built = None if None in known else sum(known)
+    rows.append(["sum of stages", f"{sum(stages.values()):.1f}", _seconds(total_built)])
+    if "total" in r["timings"]:
+        rows.append(["total (whole run)", f"{r['timings']['total']:.1f}", "–"])
     out = [
         "## Timings",
         "",
-        "Wall seconds per stage of this run (a stage reused from the store takes almost no time).",
+        "Wall seconds per stage: in this run, and what the stage's artefacts took when they were "
+        "built (in this run, or in the earlier run that stored them; – where no record was "
+        "kept). A stage reused from the store takes almost no time in this run; the second "
+        "column's sum is what a run from an empty store costs on the machines that built it.",
         "",
-        _table(["stage", "seconds"], rows),
+        _table(["stage", "this run", "when built"], rows),
         "",
     ]
     tests = r.get("tests") or {}

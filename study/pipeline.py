@@ -40,19 +40,50 @@ from study.training import (
 log = logging.getLogger(__name__)
 
 
+class Built:
+    """Set ``is_new`` inside a timed stage when the stage built its artefact in this run."""
+
+    is_new = False
+
+
+def seconds_record(artefact: Path) -> Path:
+    """The hidden file beside an artefact that keeps how many seconds building it took."""
+    return artefact.parent / f".{artefact.name}.seconds"
+
+
 @dataclass
 class Timer:
-    """Wall time per stage, in the order the stages ran."""
+    """Wall time per stage in this run, and what each stage's artefacts cost to build.
+
+    ``built`` holds, per stage, the seconds its artefacts took when they were built: in this run,
+    or in the run that stored them (read from the record beside each artefact), so a rerun that
+    reuses the store still reports what a run from an empty store costs. A stage without a
+    stored artefact is built in every run. None: a reused artefact has no record.
+    """
 
     stages: dict[str, float] = field(default_factory=dict)
+    built: dict[str, float | None] = field(default_factory=dict)
 
     @contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str, artefact: Path | None = None):
+        mark = Built()
         started = time.perf_counter()
         try:
-            yield
+            yield mark
         finally:
-            self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - started, 2)
+            took = time.perf_counter() - started
+            self.stages[name] = round(self.stages.get(name, 0.0) + took, 2)
+        # Only a stage that finished gets here.
+        cost: float | None = took
+        if artefact is not None:
+            record = seconds_record(artefact)
+            if mark.is_new:
+                if is_main_process():
+                    write_json(record, {"seconds": round(took, 2)})
+            else:
+                cost = read_json(record)["seconds"] if record.exists() else None
+        before = self.built.get(name, 0.0)
+        self.built[name] = None if before is None or cost is None else round(before + cost, 2)
 
 
 @dataclass
@@ -151,8 +182,8 @@ def label_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> dict:
             ).to_dict(orient="list")
         return out
 
-    with ctx.timer.stage("label"):
-        labels, _ = cached_json(path, compute)
+    with ctx.timer.stage("label", path) as stage:
+        labels, stage.is_new = cached_json(path, compute)
     return labels
 
 
@@ -223,10 +254,11 @@ def reference_stage(ctx: Context, data: data_mod.StudyData) -> tuple[dict, Path 
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    with ctx.timer.stage("reference"):
+    with ctx.timer.stage("reference", path) as stage:
         if world_size() > 1:
+            stage.is_new = not path.exists()
             return _json_distributed(path, compute, ctx.device), states
-        reference, _ = cached_json(path, compute)
+        reference, stage.is_new = cached_json(path, compute)
     return reference, states
 
 
@@ -268,11 +300,12 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
             write_json(tmp / "study_arm.json", summary)
             shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
-    with ctx.timer.stage(f"train/{arm}"):
+    with ctx.timer.stage(f"train/{arm}", final) as stage:
         if world_size() > 1:
             path, is_new = _build_distributed(final, build, ctx.device)
         else:
             path, is_new = build_dir(final, build)
+        stage.is_new = is_new
     if is_main_process():
         shutil.rmtree(checkpoints, ignore_errors=True)
     summary = read_json(path / "study_arm.json")
@@ -302,16 +335,17 @@ def evaluator_stage(ctx: Context, data: data_mod.StudyData, base_hash: str) -> d
         write_json(tmp / "study_evaluator.json", train_reward_model(ctx.base, pairs, cfg, tmp))
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
 
-    with ctx.timer.stage("evaluator/train"):
-        path, _ = build_dir(final, build)
+    with ctx.timer.stage("evaluator/train", final) as stage:
+        path, stage.is_new = build_dir(final, build)
 
     def measure():
         model, tok = load_reward_model(path, ctx.base)
         model = ctx.for_inference(model)
         return accuracy(model, tok, heldout_pairs(ctx, data), cfg, ctx.autocast())
 
-    with ctx.timer.stage("evaluator/accuracy"):
-        acc, _ = cached_json(path.parent / f"reward-{key}-accuracy.json", measure)
+    scored = path.parent / f"reward-{key}-accuracy.json"
+    with ctx.timer.stage("evaluator/accuracy", scored) as stage:
+        acc, stage.is_new = cached_json(scored, measure)
     summary = read_json(path / "study_evaluator.json")
     return {**summary, "key": key, "path": str(path), "heldout": acc}
 
@@ -336,8 +370,9 @@ def reward_stage(ctx: Context, evaluator: dict, replies: pd.DataFrame, plist) ->
             model, tok, prompts_, part["reply"].tolist(), ctx.cfg, ctx.autocast()
         ).tolist()
 
-    with ctx.timer.stage("evaluator/score"):
-        values, _ = cached_json(ctx.store / "evaluator" / f"rewards-{key}.json", compute)
+    path = ctx.store / "evaluator" / f"rewards-{key}.json"
+    with ctx.timer.stage("evaluator/score", path) as stage:
+        values, stage.is_new = cached_json(path, compute)
     out = pd.Series(float("nan"), index=replies.index)
     out[mask] = values
     return out
@@ -429,8 +464,8 @@ def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]
                 ]
         return rows
 
-    with ctx.timer.stage(f"generate/{arm}"):
-        rows, _ = cached_json(path, compute)
+    with ctx.timer.stage(f"generate/{arm}", path) as stage:
+        rows, stage.is_new = cached_json(path, compute)
     frame = pd.DataFrame(rows)
     with ctx.timer.stage("score"):
         scores = scoring.score_replies(frame["reply"].tolist())
@@ -556,7 +591,7 @@ def run_study(
         base = models.resolve_model(cfg.model.base, store)
         base_hash = models.weights_hash(base)
     ctx = Context(cfg, store, base, device, precision, timer, base_hash)
-    out = {"data": data.summary, "timings": timer.stages}
+    out = {"data": data.summary, "timings": timer.stages, "built_seconds": timer.built}
 
     labels = None
     if "dpo-ai" in cfg.arms:

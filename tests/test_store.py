@@ -38,10 +38,21 @@ def test_changing_one_training_field_retrains_only_affected_arms(tmp_path):
     assert not any(a.get("is_cached") for a in first["arms"].values())
     again = pipeline.run_study(cfg, tmp_path, until="train")
     assert all(a.get("is_cached", True) for a in again["arms"].values())
+    # a reused stage reports what it cost in the run that built it
+    trained = [f"train/{arm}" for arm in cfg.arms if arm != "base"]
+    assert {s: first["built_seconds"][s] for s in trained} == {
+        s: first["timings"][s] for s in trained
+    }
+    assert {s: again["built_seconds"][s] for s in trained} == {
+        s: first["timings"][s] for s in trained
+    }
+    assert all(again["timings"][s] < first["timings"][s] for s in trained)
     changed = resolve("smoke", overrides={"dpo": {"beta": 0.2}})
     third = pipeline.run_study(changed, tmp_path, until="train")
     retrained = {arm for arm, a in third["arms"].items() if a.get("is_cached") is False}
     assert retrained == {"dpo-human", "dpo-ai"}
+    assert third["built_seconds"]["train/dpo-ai"] == third["timings"]["train/dpo-ai"]
+    assert third["built_seconds"]["train/sft-chosen"] == first["timings"]["train/sft-chosen"]
     # both DPO arms read one reference pass, which beta does not affect
     assert len(list((tmp_path / "reference").glob("*.json"))) == 1
     shorter = resolve("smoke", overrides={"train": {"max_length": 48}})
