@@ -598,8 +598,13 @@ def _seconds(value) -> str:
 def _timing_section(r: dict) -> list[str]:
     built = r.get("built_seconds") or {}
     stages = {k: v for k, v in r["timings"].items() if k != "total"}
-    rows = [[escape(k), f"{v:.1f}", _seconds(built.get(k))] for k, v in stages.items()]
-    known = [built.get(k) for k in stages]
+    # a stage this run did not enter (its artefact reused) still shows what it cost
+    names = [*stages, *(k for k in built if k not in stages)]
+    rows = [
+        [escape(k), _seconds(stages.get(k)), _seconds(built.get(k)) if k in built else "–"]
+        for k in names
+    ]
+    known = [built.get(k) for k in names]
     total_built = None if None in known else sum(known)
     rows.append(["sum of stages", f"{sum(stages.values()):.1f}", _seconds(total_built)])
     if "total" in r["timings"]:

@@ -63,6 +63,7 @@ class Timer:
 
     stages: dict[str, float] = field(default_factory=dict)
     built: dict[str, float | None] = field(default_factory=dict)
+    counted: set[tuple[str, str]] = field(default_factory=set)  # each artefact counts once
 
     @contextmanager
     def stage(self, name: str, artefact: Path | None = None):
@@ -74,14 +75,25 @@ class Timer:
             took = time.perf_counter() - started
             self.stages[name] = round(self.stages.get(name, 0.0) + took, 2)
         # Only a stage that finished gets here.
-        cost: float | None = took
-        if artefact is not None:
-            record = seconds_record(artefact)
-            if mark.is_new:
-                if is_main_process():
-                    write_json(record, {"seconds": round(took, 2)})
-            else:
-                cost = read_json(record)["seconds"] if record.exists() else None
+        if artefact is None:
+            self._add(name, took)
+        elif mark.is_new:
+            if is_main_process():
+                write_json(seconds_record(artefact), {"seconds": round(took, 2)})
+            self.counted.add((name, str(artefact)))
+            self._add(name, took)
+        else:
+            self.reused(name, artefact)
+
+    def reused(self, name: str, artefact: Path) -> None:
+        """Count what a stored artefact cost to build, once per run, without running its stage."""
+        if (name, str(artefact)) in self.counted:
+            return
+        self.counted.add((name, str(artefact)))
+        record = seconds_record(artefact)
+        self._add(name, read_json(record)["seconds"] if record.exists() else None)
+
+    def _add(self, name: str, cost: float | None) -> None:
         before = self.built.get(name, 0.0)
         self.built[name] = None if before is None or cost is None else round(before + cost, 2)
 
@@ -230,18 +242,8 @@ def reference_stage(ctx: Context, data: data_mod.StudyData) -> tuple[dict, Path 
     Also returns the file of the frozen blocks' states the pass kept (None: not kept).
     """
     cfg = ctx.cfg
-    key = config_hash(
-        {
-            "version": STAGE_VERSIONS["reference"],
-            "base_weights": ctx.base_hash,
-            "model": to_dict(cfg.model),
-            **_data_key(cfg, data.summary["fingerprint"]),
-            # what decides the tokens and the batches of the reference pass
-            "train": {k: getattr(cfg.train, k) for k in ("max_length", "max_reply_tokens")},
-            "batch": per_device_batch(cfg),
-        }
-    )
-    path = ctx.store / "reference" / f"{key}.json"
+    path = reference_path(ctx, data)
+    key = path.stem
     workdir = ctx.store / "reference" / f".{key}.work"
     states = frozen_states_path(path.parent, key, cfg)
 
@@ -260,6 +262,23 @@ def reference_stage(ctx: Context, data: data_mod.StudyData) -> tuple[dict, Path 
             return _json_distributed(path, compute, ctx.device), states
         reference, stage.is_new = cached_json(path, compute)
     return reference, states
+
+
+def reference_path(ctx: Context, data: data_mod.StudyData) -> Path:
+    """Where the reference pass of this configuration is stored."""
+    cfg = ctx.cfg
+    key = config_hash(
+        {
+            "version": STAGE_VERSIONS["reference"],
+            "base_weights": ctx.base_hash,
+            "model": to_dict(cfg.model),
+            **_data_key(cfg, data.summary["fingerprint"]),
+            # what decides the tokens and the batches of the reference pass
+            "train": {k: getattr(cfg.train, k) for k in ("max_length", "max_reply_tokens")},
+            "batch": per_device_batch(cfg),
+        }
+    )
+    return ctx.store / "reference" / f"{key}.json"
 
 
 def _json_distributed(path: Path, compute, device: str):
@@ -283,6 +302,8 @@ def train_stage(ctx: Context, arm: str, data: data_mod.StudyData, key: str, labe
     reference, states = (None, None)
     if arm not in SFT_REPLY and not final.exists():
         reference, states = reference_stage(ctx, data)
+    elif arm not in SFT_REPLY:
+        ctx.timer.reused("reference", reference_path(ctx, data))
 
     def build(tmp: Path):
         log.info("training %s into %s", arm, final.name)
