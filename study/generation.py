@@ -151,9 +151,7 @@ def _decode(
             logits_to_keep=1,
         )
         cache = out.cache
-        scores = out.logits[:, -1, :].float()  # a copy when the logits are bf16
-        if scores.data_ptr() == out.logits.data_ptr():
-            scores = scores.clone()
+        scores = out.logits[:, -1, :].to(torch.float32, copy=True)  # penalised in place
         if step < min_new_tokens:
             scores[:, eos] = float("-inf")
         token = sampler(ids, scores)
