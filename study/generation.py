@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from study.config import Decoding
-from study.prefix import positions, prefill
+from study.prefix import new_cache, positions, prefill
 from study.prompts import HUMAN
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ def _decode(
     finished = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
     ids, mask = input_ids, attention_mask
     step_ids = ids if cache is None else ids[:, -1:]
+    cache = new_cache() if cache is None else cache
     for step in range(max_new_tokens):
         out = model(
             input_ids=step_ids,

@@ -15,11 +15,91 @@ import contextlib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position of each token among its row's real tokens (0 on padding)."""
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+class BufferedLayer(DynamicLayer):
+    """One layer's KV cache written into spare room instead of re-concatenated every step.
+
+    ``keys`` and ``values`` are views of the filled part of buffers that hold ``reserve`` more
+    positions, so a decoding step writes one position instead of copying the whole cache. Under
+    autocast, keys are stored in the values' (autocast) dtype: a rotary embedding computed in
+    fp32 makes them fp32, and attention casts them to that dtype on every step anyway, so the
+    numbers are the same and the cache is half the size.
+    """
+
+    reserve = 64
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        if torch.is_autocast_enabled(key_states.device.type):
+            self.dtype = value_states.dtype
+        self.length = 0
+        self._k = self._v = None
+        self.is_initialized = True
+
+    def _allocate(self, batch: int, capacity: int, like_k, like_v) -> tuple:
+        k = like_k.new_empty((batch, like_k.shape[1], capacity, like_k.shape[3]), dtype=self.dtype)
+        v = like_v.new_empty((batch, like_v.shape[1], capacity, like_v.shape[3]))
+        return k, v
+
+    def _views(self) -> None:
+        self.keys = self._k[:, :, : self.length]
+        self.values = self._v[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self._k is None or end > self._k.shape[-2]:
+            k, v = self._allocate(key_states.shape[0], end + self.reserve, key_states, value_states)
+            if self.length:
+                k[:, :, : self.length] = self.keys
+                v[:, :, : self.length] = self.values
+            self._k, self._v = k, v
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (repeats allowed), with the same spare room."""
+        if self.get_seq_length() > 0:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self._views()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx.to(self.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes the number of positions to remove, as a negative integer")
+        if self.is_initialized:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._views()
+
+
+def new_cache() -> DynamicCache:
+    """An empty KV cache whose layers are ``BufferedLayer``s."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = BufferedLayer
+    return cache
 
 
 def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -28,6 +108,7 @@ def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions(attention_mask),
+        cache=new_cache(),
         use_cache=True,
     )
     return out.cache

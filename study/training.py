@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from study import frozen
+from study import frozen, head
 from study.config import StudyConfig
 from study.models import (
     cast_frozen_linears,
@@ -347,8 +347,9 @@ def install_label_head(model) -> bool:
 
     The model's own loss projects every position, prompt and padding included, onto the
     vocabulary and upcasts those logits before discarding the unlabelled ones. This forward
-    projects only the positions whose next token carries a label and returns the same loss:
-    the summed cross-entropy over ``num_items_in_batch`` when the Trainer gives it, else the mean.
+    projects only the positions whose next token carries a label, a block at a time
+    (``study/head.py``), and returns the same loss: the summed cross-entropy over
+    ``num_items_in_batch`` when the Trainer gives it, else the mean.
     """
     from transformers.modeling_outputs import CausalLMOutput
 
@@ -363,10 +364,11 @@ def install_label_head(model) -> bool:
         hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         targets = labels[:, 1:]
         mask = targets != -100
-        logits = model.get_output_embeddings()(hidden[mask]).float()
-        loss = torch.nn.functional.cross_entropy(logits, targets[mask], reduction="sum")
+        log_probs, _ = head.token_logprobs(
+            hidden[mask], model.get_output_embeddings(), targets[mask]
+        )
         n = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp(min=1)
-        return CausalLMOutput(loss=loss / n)
+        return CausalLMOutput(loss=-log_probs.sum() / n)
 
     model.forward = forward
     model._study_label_head = True
@@ -380,9 +382,8 @@ def install_logprob_head(model) -> bool:
     missing (the CPU), folds each tile with a chain of elementwise torch operations forward and
     backward; on this study's CPU that head takes about three quarters of a DPO step. This head
     keeps TRL's calling convention (``fused_lm_head=True`` returns per-token log-probabilities
-    and the statistics TRL logs) but projects only the positions that carry a label and lets
-    autograd differentiate a log-softmax. Each call holds (labelled tokens x vocabulary) logits in
-    memory, which small CPU batches afford; on CUDA TRL's kernel stays.
+    and the statistics TRL logs) but projects only the positions that carry a label, a block of
+    positions at a time (``study/head.py``); on CUDA TRL's kernel stays.
     """
     from trl.trainer.utils import FusedCausalLMOutput
 
@@ -401,15 +402,14 @@ def install_logprob_head(model) -> bool:
         hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         labels = labels[:, 1:]
         mask = labels != -100
-        targets = labels[mask]
-        logits = model.get_output_embeddings()(hidden[mask]).float()
-        log_z = torch.logsumexp(logits, dim=-1)
-        log_probs = logits.gather(1, targets[:, None])[:, 0] - log_z
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = log_z - (probs * logits).sum(dim=-1)
-            mean_logits = logits.mean(dim=-1)
-            is_top1 = logits.argmax(dim=-1) == targets
+        # The statistics TRL logs are left out where only log-probabilities are read (the
+        # reference pass).
+        log_probs, stats = head.token_logprobs(
+            hidden[mask],
+            model.get_output_embeddings(),
+            labels[mask],
+            stats=getattr(model, "_study_logprob_stats", True),
+        )
 
         def spread(values):
             return values.new_zeros(mask.shape).masked_scatter(mask, values)
@@ -418,10 +418,8 @@ def install_logprob_head(model) -> bool:
         return FusedCausalLMOutput(
             loss=-per_token.sum() / mask.sum().clamp(min=1),
             log_probs=per_token,
-            entropy=spread(entropy),
-            mean_logits=spread(mean_logits),
-            is_top1=spread(is_top1),
             label_mask=mask,
+            **{name: spread(values) for name, values in (stats or {}).items()},
         )
 
     model.forward = forward
@@ -458,7 +456,13 @@ def _dpo_trainer_class():
             # Pairs of similar length share a batch (less padding); each pair's values are the
             # same up to rounding, and the dataset keeps its order.
             order = np.argsort(example_lengths(dataset), kind="stable")
-            done = super()._precompute_ref_logps(dataset.select(order), name, batch_size)
+            get_base = getattr(self.model, "get_base_model", None)
+            model = get_base() if get_base else self.model
+            model._study_logprob_stats = False
+            try:
+                done = super()._precompute_ref_logps(dataset.select(order), name, batch_size)
+            finally:
+                model._study_logprob_stats = True
             return done.select(np.argsort(order))
 
     return StudyDPOTrainer
