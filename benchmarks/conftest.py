@@ -49,13 +49,14 @@ class Sizes:
     train_steps: int  # measured optimizer steps of our recipe (batch of the cpu profile)
     gen_per_scenario: int  # scenario prompts per scenario (3 scenarios)
     gen_max_new_tokens: int | None  # None: the cpu profile's q2 decoding
+    cache_prompts: int  # held-out prompts (x the profile's samples) for the KV-cache comparison
     score_replies: int
     matmul_n: int
 
 
 SIZES = {
-    "real": Sizes(1, 6, 16, None, 2000, 2048),
-    "tiny": Sizes(1, 2, 2, 8, 200, 512),
+    "real": Sizes(1, 6, 16, None, 32, 2000, 2048),
+    "tiny": Sizes(1, 2, 2, 8, 4, 200, 512),
 }
 
 

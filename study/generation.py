@@ -98,7 +98,7 @@ def cut_reply(text: str) -> str:
     return text.strip()
 
 
-def _prefill_shared(model, input_ids, attention_mask):
+def _prefill_shared(model, input_ids, attention_mask, reserve: int):
     """A KV cache of every row's prompt but its last token, each distinct prompt computed once.
 
     The samples of one prompt share their batch and their left padding, so their caches are
@@ -112,7 +112,8 @@ def _prefill_shared(model, input_ids, attention_mask):
     slot = {pos: k for k, pos in enumerate(first.values())}
     index = [slot[pos] for pos in rows]
     keep = torch.tensor(list(first.values()))
-    cache = prefill(model.base_model, input_ids[keep, :-1], attention_mask[keep, :-1])
+    # room for the prompt's last token and every new one
+    cache = prefill(model.base_model, input_ids[keep, :-1], attention_mask[keep, :-1], reserve)
     cache.batch_select_indices(torch.tensor(index, device=input_ids.device))
     return cache
 
@@ -141,7 +142,7 @@ def _decode(
     finished = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
     ids, mask = input_ids, attention_mask
     step_ids = ids if cache is None else ids[:, -1:]
-    cache = new_cache() if cache is None else cache
+    cache = new_cache(max_new_tokens) if cache is None else cache
     for step in range(max_new_tokens):
         out = model(
             input_ids=step_ids,
@@ -216,7 +217,9 @@ def generate(
             ]
         sampler = RowSampler(decoding, n_pad, generators, greedy)
         with torch.no_grad(), ctx:
-            cache = _prefill_shared(model, enc["input_ids"], enc["attention_mask"])
+            cache = _prefill_shared(
+                model, enc["input_ids"], enc["attention_mask"], decoding.max_new_tokens + 1
+            )
             new = _decode(
                 model,
                 enc["input_ids"],

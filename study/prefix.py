@@ -11,6 +11,7 @@ Prefixes are left-padded and continuations right-padded; position ids count real
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -27,13 +28,19 @@ class BufferedLayer(DynamicLayer):
     """One layer's KV cache written into spare room instead of re-concatenated every step.
 
     ``keys`` and ``values`` are views of the filled part of buffers that hold ``reserve`` more
-    positions, so a decoding step writes one position instead of copying the whole cache. Under
+    positions, so a decoding step writes one position instead of copying the whole cache (a
+    buffer that fills up is copied into one with ``reserve`` more room). Under
     autocast, keys are stored in the values' (autocast) dtype: a rotary embedding computed in
     fp32 makes them fp32, and attention casts them to that dtype on every step anyway, so the
     numbers are the same and the cache is half the size.
     """
 
     reserve = 64
+
+    def __init__(self, reserve: int | None = None):
+        super().__init__()
+        if reserve is not None:
+            self.reserve = reserve
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -95,20 +102,21 @@ class BufferedLayer(DynamicLayer):
             self._views()
 
 
-def new_cache() -> DynamicCache:
-    """An empty KV cache whose layers are ``BufferedLayer``s."""
+def new_cache(reserve: int | None = None) -> DynamicCache:
+    """An empty KV cache whose layers are ``BufferedLayer``s with room for ``reserve`` more."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = BufferedLayer
+    cache.layer_class_to_replicate = functools.partial(BufferedLayer, reserve)
     return cache
 
 
-def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """KV cache of left-padded ``input_ids`` (a model or its decoder body)."""
+def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, reserve=None):
+    """KV cache of left-padded ``input_ids`` (a model or its decoder body), with room for
+    ``reserve`` positions to follow (default ``BufferedLayer.reserve``)."""
     out = body(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions(attention_mask),
-        cache=new_cache(),
+        cache=new_cache(reserve),
         use_cache=True,
     )
     return out.cache
@@ -184,7 +192,7 @@ def last_hidden(
         with ctx:
             cache = None
             if width:
-                cache = prefill(body, head.to(device), head_mask.to(device))
+                cache = prefill(body, head.to(device), head_mask.to(device), reserve=length)
                 cache.batch_select_indices(slot_t.to(device))
             hidden = body(
                 input_ids=tail.to(device),
