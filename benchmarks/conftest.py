@@ -50,13 +50,14 @@ class Sizes:
     gen_per_scenario: int  # scenario prompts per scenario (3 scenarios)
     gen_max_new_tokens: int | None  # None: the cpu profile's q2 decoding
     cache_prompts: int  # held-out prompts (x the profile's samples) for the KV-cache comparison
+    label_pairs: int  # training pairs the AI labeler judges (both orders)
     score_replies: int
     matmul_n: int
 
 
 SIZES = {
-    "real": Sizes(1, 6, 16, None, 32, 2000, 2048),
-    "tiny": Sizes(1, 2, 2, 8, 4, 200, 512),
+    "real": Sizes(1, 6, 16, None, 32, 96, 2000, 2048),
+    "tiny": Sizes(1, 2, 2, 8, 4, 8, 200, 512),
 }
 
 

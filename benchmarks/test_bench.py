@@ -5,7 +5,8 @@
    against run), the shared reference pass, and the padding saved by length-grouped batches;
 3. greedy generation of 48 scenario prompts, batched against one prompt at a time, and sampled
    held-out replies with the study's KV cache against the stock one;
-4. scoring throughput (replies/s).
+4. AI labeling with the judge's instructions run once, against once per batch;
+5. scoring throughput (replies/s).
 
 Each test times our way with pytest-benchmark (one round: a run is long) and its baseline with
 ``time.perf_counter`` in the same process, then records both, the ratio and the target for
@@ -1011,6 +1012,61 @@ def test_generation_cache(benchmark, model_path, cpu_config, study_data, sizes, 
                 f"cache concatenated anew every step, keys in fp32 after the rotary embedding): "
                 f"{stock_s:.2f} s.",
                 f"- Identical replies (text and token count): {same}/{n}.",
+            ],
+        )
+    )
+
+
+# -- labeling -----------------------------------------------------------------------------------
+
+
+def test_labeling(benchmark, model_path, cpu_config, study_data, sizes, monkeypatch):
+    """AI labels with the judge's instructions run once for all pairs, against once per batch."""
+    from study import labeler, models
+
+    cfg = cpu_config
+    pairs = study_data.train.head(sizes.label_pairs)
+    tok = models.load_tokenizer(model_path)
+    model = models.load_model(model_path)
+    model.requires_grad_(False)
+    models.cast_frozen_linears(model, "bf16")  # as the label stage prepares the judge
+
+    def run():
+        t = time.perf_counter()
+        got = labeler.label_pairs(model, tok, pairs, cfg.labeler, models.autocast("cpu", "bf16"))
+        return got, time.perf_counter() - t
+
+    run()  # warm-up
+    ours, ours_s = benchmark.pedantic(run, rounds=1, iterations=1)
+    with monkeypatch.context() as patch:  # no common text: the instructions open every head
+        patch.setattr(labeler, "JUDGE_INSTRUCTIONS", "")
+        stock, stock_s = run()
+    ratio = stock_s / ours_s
+    diff = float((ours["pref_chosen"] - stock["pref_chosen"]).abs().max())
+    same_side = int(((ours["pref_chosen"] > 0.5) == (stock["pref_chosen"] > 0.5)).sum())
+    n = len(pairs)
+    print(
+        f"\nlabeling: ours {ours_s:.1f}s, stock {stock_s:.1f}s, {ratio:.2f}x; max diff {diff:.2e}"
+    )
+    record(
+        report.Result(
+            f"AI labeling ({n} pairs, both orders)",
+            "pairs/s",
+            n / ours_s,
+            n / stock_s,
+            ratio,
+            "> 1x (no target set)",
+            ratio > 1,
+            [
+                f"- The first {n} training pairs of the cpu profile, judged by the base model in "
+                f"both orders (`study.labeler.label_pairs`), batches of {cfg.labeler.batch_size} "
+                "pairs, bf16 autocast.",
+                f"- Ours: the judge's instructions ({len(labeler.JUDGE_INSTRUCTIONS)} characters, "
+                f"the same for every pair) run once and their cache copied to every batch: "
+                f"{ours_s:.2f} s. Baseline: the instructions run with each pair's conversation: "
+                f"{stock_s:.2f} s.",
+                f"- Largest difference in the AI preference: {diff:.2e}; pairs given the same "
+                f"side: {same_side}/{n}.",
             ],
         )
     )

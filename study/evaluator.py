@@ -123,8 +123,10 @@ def rewards(model, tok, prompts, replies, cfg: StudyConfig, autocast=None) -> np
 
 def accuracy(model, tok, pairs: pd.DataFrame, cfg: StudyConfig, autocast=None) -> dict:
     """Share of held-out human pairs where the chosen reply gets the higher reward (95 % CI)."""
-    chosen = rewards(model, tok, pairs["prompt"], pairs["chosen"], cfg, autocast)
-    rejected = rewards(model, tok, pairs["prompt"], pairs["rejected"], cfg, autocast)
-    n_right, n = int((chosen > rejected).sum()), len(pairs)
+    n = len(pairs)
+    prompts = [*pairs["prompt"], *pairs["prompt"]]  # one pass: each prompt is run once
+    both = rewards(model, tok, prompts, [*pairs["chosen"], *pairs["rejected"]], cfg, autocast)
+    chosen, rejected = both[:n], both[n:]
+    n_right = int((chosen > rejected).sum())
     low, high = stats.proportion_ci(n_right, n) if n else (0.0, 0.0)
     return {"n": n, "accuracy": n_right / n if n else None, "ci": [low, high]}

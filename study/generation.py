@@ -31,7 +31,8 @@ def sample_seed(run_seed: int, arm: str, prompt_id: str, sample: int) -> int:
 class RowSampler:
     """Draws each row's next token from that row's own generator.
 
-    With ``generators`` None each row takes its argmax (greedy), after the repetition penalty.
+    A row without a generator (``generators`` None, or None in its place, or ``greedy``) takes
+    its argmax, after the repetition penalty.
     """
 
     def __init__(self, decoding: Decoding, n_pad: list[int], generators, greedy: bool):
@@ -59,23 +60,25 @@ class RowSampler:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.LongTensor:
         """The next token of each row of ``scores`` (logits), given the row's tokens so far."""
         scores = self._penalise(input_ids, scores.float())
-        if self.greedy:
-            choice = scores.argmax(dim=-1)
-        else:
-            # Only the top-k candidates can be drawn, so the draw works on those alone.
-            vocab = scores.shape[-1]
-            k = self.d.top_k if 0 < self.d.top_k < vocab else vocab
-            values, index = torch.topk(scores / self.d.temperature, k, dim=-1)  # descending
-            probs = torch.softmax(values, dim=-1)
-            if self.d.top_p < 1.0:
-                before = probs.cumsum(dim=-1) - probs  # mass strictly above each candidate
-                probs = probs.masked_fill(before > self.d.top_p, 0.0)
-            cdf = (probs / probs.sum(dim=-1, keepdim=True)).cumsum(dim=-1)
-            u = torch.stack(
-                [torch.rand((), generator=g, device=cdf.device) for g in self.generators]
-            )
-            pick = torch.searchsorted(cdf, u[:, None]).clamp(max=k - 1)
-            choice = index.gather(1, pick)[:, 0]
+        choice = scores.argmax(dim=-1)
+        drawn = [] if self.greedy else [i for i, g in enumerate(self.generators or []) if g]
+        if not drawn:
+            return choice
+        rows = torch.tensor(drawn, device=scores.device)
+        # Only the top-k candidates can be drawn, so the draw works on those alone.
+        vocab = scores.shape[-1]
+        k = self.d.top_k if 0 < self.d.top_k < vocab else vocab
+        values, index = torch.topk(scores[rows] / self.d.temperature, k, dim=-1)  # descending
+        probs = torch.softmax(values, dim=-1)
+        if self.d.top_p < 1.0:
+            before = probs.cumsum(dim=-1) - probs  # mass strictly above each candidate
+            probs = probs.masked_fill(before > self.d.top_p, 0.0)
+        cdf = (probs / probs.sum(dim=-1, keepdim=True)).cumsum(dim=-1)
+        u = torch.stack(
+            [torch.rand((), generator=self.generators[i], device=cdf.device) for i in drawn]
+        )
+        pick = torch.searchsorted(cdf, u[:, None]).clamp(max=k - 1)
+        choice[rows] = index.gather(1, pick)[:, 0]
         return choice
 
 
@@ -87,6 +90,7 @@ class Request:
     text: str
     sample: int
     seed: int
+    greedy: bool = False  # the argmax at every step; ``seed`` is then unused
 
 
 def cut_reply(text: str) -> str:
@@ -192,6 +196,8 @@ def generate(
 ) -> list[dict]:
     """Replies to ``requests`` in their order, generated in batches sorted by prompt length.
 
+    With ``greedy`` every reply is greedy; otherwise each request's own ``greedy`` decides.
+
     Returns one dict per request: ``reply`` (new tokens only, cut at a new Human turn),
     ``n_tokens`` (new tokens before EOS) and ``is_eos`` (generation stopped at EOS).
     """
@@ -213,7 +219,10 @@ def generate(
         generators = None
         if not greedy:
             generators = [
-                torch.Generator(device=device).manual_seed(requests[i].seed) for i in batch
+                None
+                if requests[i].greedy
+                else torch.Generator(device=device).manual_seed(requests[i].seed)
+                for i in batch
             ]
         sampler = RowSampler(decoding, n_pad, generators, greedy)
         with torch.no_grad(), ctx:

@@ -20,12 +20,13 @@ from study.preprocess import truncate_prompt_text, truncate_reply_text
 
 log = logging.getLogger(__name__)
 
-JUDGE_HEAD = (
+# The instructions every judging prompt opens with, run once for all pairs. They end before a
+# space-led word, where the tokenizer never merges, so that the seam changes no token.
+JUDGE_INSTRUCTIONS = (
     "A good assistant reply is helpful, honest and harmless. Read the conversation and the two "
-    "possible next replies, then say which reply is better.\n\n"
-    "Conversation:{context}\n\n"
-    "Reply A:"
+    "possible next replies, then say which reply is"
 )
+JUDGE_HEAD = JUDGE_INSTRUCTIONS + " better.\n\nConversation:{context}\n\nReply A:"
 JUDGE_TAIL = "{a}\n\nReply B:{b}\n\nThe better reply is Reply"
 JUDGE_TEMPLATE = JUDGE_HEAD + JUDGE_TAIL
 
@@ -80,8 +81,17 @@ def label_pairs(model, tokenizer, pairs: pd.DataFrame, cfg, autocast=None) -> pd
         heads.append(head)
         tails += [forward, backward]
     owner = np.repeat(np.arange(len(heads)), 2)
+    common = len(JUDGE_INSTRUCTIONS)
     hidden = prefix.last_hidden(
-        model.base_model, tokenizer, heads, tails, owner, cfg.batch_size, autocast, "label pairs"
+        model.base_model,
+        tokenizer,
+        [h[common:] for h in heads],
+        tails,
+        owner,
+        cfg.batch_size,
+        autocast,
+        "label pairs",
+        common=JUDGE_INSTRUCTIONS,
     )
     id_a, id_b = _choice_ids(tokenizer)
     with torch.no_grad(), autocast if autocast is not None else contextlib.nullcontext():

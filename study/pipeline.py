@@ -124,7 +124,7 @@ class Context:
 
 # Bumped when a stage's code changes what it produces, so stored artefacts of the old code are
 # not reused.
-STAGE_VERSIONS = {"label": 2, "train": 5, "reference": 2, "generate": 3, "evaluator": 2}
+STAGE_VERSIONS = {"label": 3, "train": 5, "reference": 2, "generate": 4, "evaluator": 2}
 
 
 # Settings that change how a run proceeds but not what it produces.
@@ -448,11 +448,17 @@ def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]
             if not chosen:
                 continue
             decoding = getattr(cfg.eval, name)
-            reqs = [
-                generation.Request(p.id, p.text, s, generation.sample_seed(cfg.seed, arm, p.id, s))
-                for p in chosen
-                for s in range(cfg.eval.samples_per_prompt)
-            ]
+            # A prompt's greedy reply shares its batch, and its prompt's cache, with its samples.
+            reqs = []
+            for p in chosen:
+                reqs += [
+                    generation.Request(
+                        p.id, p.text, s, generation.sample_seed(cfg.seed, arm, p.id, s)
+                    )
+                    for s in range(cfg.eval.samples_per_prompt)
+                ]
+                if p.prompt_set in cfg.eval.greedy_sets:
+                    reqs.append(generation.Request(p.id, p.text, 0, 0, greedy=True))
             got = generation.generate(
                 model,
                 tok,
@@ -460,29 +466,17 @@ def generate_stage(ctx: Context, arm: str, key: str, plist: list[prompts.Prompt]
                 decoding,
                 batch_size=cfg.eval.batch_size,
                 autocast=ctx.autocast(),
-                desc=f"{arm} sample {name}",
+                desc=f"{arm} {name}",
             )
             rows += [
-                {"prompt_id": r.prompt_id, "sample": r.sample, "decoding": "sampled", **g}
+                {
+                    "prompt_id": r.prompt_id,
+                    "sample": r.sample,
+                    "decoding": "greedy" if r.greedy else "sampled",
+                    **g,
+                }
                 for r, g in zip(reqs, got)
             ]
-            greedy = [p for p in chosen if p.prompt_set in cfg.eval.greedy_sets]
-            if greedy:
-                reqs = [generation.Request(p.id, p.text, 0, 0) for p in greedy]
-                got = generation.generate(
-                    model,
-                    tok,
-                    reqs,
-                    decoding,
-                    greedy=True,
-                    batch_size=cfg.eval.batch_size,
-                    autocast=ctx.autocast(),
-                    desc=f"{arm} greedy {name}",
-                )
-                rows += [
-                    {"prompt_id": r.prompt_id, "sample": 0, "decoding": "greedy", **g}
-                    for r, g in zip(reqs, got)
-                ]
         return rows
 
     with ctx.timer.stage(f"generate/{arm}", path) as stage:

@@ -122,6 +122,14 @@ def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, reserve
     return out.cache
 
 
+def _repeat(cache: DynamicCache, rows: int, reserve: int) -> DynamicCache:
+    """A new cache holding ``rows`` copies of the one-row ``cache``, with room for ``reserve``."""
+    out = new_cache(reserve)
+    for i, layer in enumerate(cache.layers):
+        out.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), i)
+    return out
+
+
 def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -149,17 +157,21 @@ def last_hidden(
     batch_size: int,
     autocast=None,
     desc: str = "score",
+    common: str = "",
 ) -> torch.Tensor:
-    """Final hidden state of each ``prefixes[owner[i]] + continuations[i]``, in input order.
+    """Final hidden state of each ``common + prefixes[owner[i]] + continuations[i]``, in input
+    order.
 
-    Each prefix is run once per batch; its last token travels with the continuations, so an
-    empty continuation reads the prefix's own last state. Prefix and continuation are tokenized
-    apart (a BPE merge across the seam is not made).
+    ``common`` (text every prefix starts with) is run once in all; each prefix is run once per
+    batch; its last token travels with the continuations, so an empty continuation reads the
+    prefix's own last state. The three parts are tokenized apart (a BPE merge across a seam is
+    not made).
     """
     pad = tokenizer.pad_token_id
     pre_ids = _ids(tokenizer, prefixes)
     if any(not ids for ids in pre_ids):
         raise ValueError("every prefix needs at least one token")
+    common_ids = _ids(tokenizer, [common])[0] if common else []
     cont_ids = _ids(tokenizer, continuations)
     owner = np.asarray(owner)
     rows_of = [np.flatnonzero(owner == j) for j in range(len(prefixes))]
@@ -169,6 +181,11 @@ def last_hidden(
     ctx = autocast if autocast is not None else contextlib.nullcontext()
     out: torch.Tensor | None = None
     batches = list(_batches(n_rows, order[n_rows[order] > 0], batch_size))
+    shared = None
+    if common_ids:
+        with ctx:
+            ones = torch.ones((1, len(common_ids)), dtype=torch.long, device=device)
+            shared = prefill(body, torch.tensor([common_ids], device=device), ones, reserve=0)
     for batch in tqdm(batches, desc=desc, leave=False):
         heads = [pre_ids[j][:-1] for j in batch]
         width = max(len(h) for h in heads)
@@ -188,16 +205,32 @@ def last_hidden(
             tail[r, : len(t)] = torch.tensor(t)
             tail_mask[r, : len(t)] = 1
         slot_t = torch.as_tensor(slot)
+        if common_ids:  # the common text's real tokens come first, before the left padding
+            head_mask = torch.cat(
+                [torch.ones((len(batch), len(common_ids)), dtype=torch.long), head_mask], 1
+            )
         mask = torch.cat([head_mask[slot_t], tail_mask], dim=1)
+        known = head_mask.shape[1]  # positions held in the cache before the tails
         with ctx:
             cache = None
-            if width:
+            if shared is not None:
+                cache = _repeat(shared, len(batch), reserve=width + length)
+                if width:
+                    body(
+                        input_ids=head.to(device),
+                        attention_mask=head_mask.to(device),
+                        position_ids=positions(head_mask)[:, -width:].to(device),
+                        cache=cache,
+                        use_cache=True,
+                    )
+            elif width:
                 cache = prefill(body, head.to(device), head_mask.to(device), reserve=length)
+            if cache is not None:
                 cache.batch_select_indices(slot_t.to(device))
             hidden = body(
                 input_ids=tail.to(device),
                 attention_mask=mask.to(device),
-                position_ids=positions(mask)[:, width:].to(device),
+                position_ids=positions(mask)[:, known:].to(device),
                 cache=cache,
                 use_cache=cache is not None,
             ).last_hidden_state

@@ -51,6 +51,16 @@ def test_sampled_replies_do_not_depend_on_batch_size_or_order(tiny_model, tiny_t
     assert len({g["reply"] for g in one}) > 1  # samples differ from one another
 
 
+def test_greedy_and_sampled_requests_share_a_batch_unchanged(tiny_model, tiny_tok):
+    from dataclasses import replace
+
+    sampled = _reqs([SHORT, LONG], samples=2)
+    greedy = [replace(r, greedy=True) for r in _reqs([SHORT, LONG])]
+    mixed = generate(tiny_model, tiny_tok, sampled + greedy, DEC, batch_size=6)
+    assert mixed[:4] == generate(tiny_model, tiny_tok, sampled, DEC, batch_size=4)
+    assert mixed[4:] == generate(tiny_model, tiny_tok, greedy, DEC, greedy=True, batch_size=2)
+
+
 def test_sample_seed_is_stable_and_distinct():
     assert sample_seed(1, "a", "p", 0) == sample_seed(1, "a", "p", 0)
     assert len({sample_seed(1, "a", "p", s) for s in range(50)}) == 50

@@ -31,6 +31,19 @@ def test_last_hidden_equals_the_whole_text_run_alone(tiny_model, tiny_tok, batch
         assert torch.allclose(got[i], want, atol=1e-5), i
 
 
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_a_common_opening_run_once_gives_the_whole_texts_states(tiny_model, tiny_tok, batch_size):
+    body = tiny_model.base_model
+    common = "Read each conversation and judge it."
+    got = prefix.last_hidden(
+        body, tiny_tok, PREFIXES, CONTINUATIONS, OWNER, batch_size, common=common
+    )
+    ids = lambda t: tiny_tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for i, (cont, j) in enumerate(zip(CONTINUATIONS, OWNER)):
+        want = _direct(body, tiny_tok, ids(common) + ids(PREFIXES[j]) + ids(cont))
+        assert torch.allclose(got[i], want, atol=1e-5), i
+
+
 def test_prefixes_without_continuations_are_skipped_and_empty_prefixes_refused(
     tiny_model, tiny_tok
 ):
