@@ -152,8 +152,9 @@ def arm_key(ctx: Context, arm: str, fingerprint: str, base_hash: str) -> str:
     }
     if arm.startswith("dpo"):
         parts["dpo"] = to_dict(ctx.cfg.dpo)
-    if arm == "dpo-ai":
+    if arm == "dpo-ai":  # its labels: the labeler's settings and the code that applies them
         parts["labeler"] = to_dict(ctx.cfg.labeler)
+        parts["label_version"] = STAGE_VERSIONS["label"]
     return config_hash(parts)
 
 

@@ -32,7 +32,7 @@ def _arms(store: Path) -> dict[str, str]:
 
 
 @pytest.mark.unit
-def test_changing_one_training_field_retrains_only_affected_arms(tmp_path):
+def test_changing_one_training_field_retrains_only_affected_arms(tmp_path, monkeypatch):
     cfg = resolve("smoke")
     first = pipeline.run_study(cfg, tmp_path, until="train")
     assert not any(a.get("is_cached") for a in first["arms"].values())
@@ -68,6 +68,11 @@ def test_changing_one_training_field_retrains_only_affected_arms(tmp_path):
     bf16 = resolve("smoke", overrides={"model": {"precision": "bf16"}})
     fifth = pipeline.run_study(bf16, tmp_path, until="train")
     assert all(a.get("is_cached") is False for arm, a in fifth["arms"].items() if arm != "base")
+    # new labeling code gives new AI labels: only the arm trained on them is retrained
+    monkeypatch.setitem(pipeline.STAGE_VERSIONS, "label", pipeline.STAGE_VERSIONS["label"] + 1)
+    sixth = pipeline.run_study(bf16, tmp_path, until="train")
+    retrained = {arm for arm, a in sixth["arms"].items() if a.get("is_cached") is False}
+    assert retrained == {"dpo-ai"}
 
 
 def _train_cmd(store: Path, extra=()):
