@@ -109,14 +109,18 @@ def new_cache(reserve: int | None = None) -> DynamicCache:
     return cache
 
 
-def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, reserve=None):
+def prefill(body, input_ids: torch.Tensor, attention_mask: torch.Tensor, reserve=None, cache=None):
     """KV cache of left-padded ``input_ids`` (a model or its decoder body), with room for
-    ``reserve`` positions to follow (default ``BufferedLayer.reserve``)."""
+    ``reserve`` positions to follow (default ``BufferedLayer.reserve``).
+
+    With ``cache``, the ids continue what it holds: ``attention_mask`` covers its positions and
+    the new ones, and the ids are appended to it (``reserve`` is then the cache's own).
+    """
     out = body(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=positions(attention_mask),
-        cache=new_cache(reserve),
+        position_ids=positions(attention_mask)[:, -input_ids.shape[1] :],
+        cache=new_cache(reserve) if cache is None else cache,
         use_cache=True,
     )
     return out.cache
@@ -212,19 +216,9 @@ def last_hidden(
         mask = torch.cat([head_mask[slot_t], tail_mask], dim=1)
         known = head_mask.shape[1]  # positions held in the cache before the tails
         with ctx:
-            cache = None
-            if shared is not None:
-                cache = _repeat(shared, len(batch), reserve=width + length)
-                if width:
-                    body(
-                        input_ids=head.to(device),
-                        attention_mask=head_mask.to(device),
-                        position_ids=positions(head_mask)[:, -width:].to(device),
-                        cache=cache,
-                        use_cache=True,
-                    )
-            elif width:
-                cache = prefill(body, head.to(device), head_mask.to(device), reserve=length)
+            cache = None if shared is None else _repeat(shared, len(batch), width + length)
+            if width:
+                cache = prefill(body, head.to(device), head_mask.to(device), length, cache)
             if cache is not None:
                 cache.batch_select_indices(slot_t.to(device))
             hidden = body(
